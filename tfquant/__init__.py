@@ -1,0 +1,29 @@
+"""tfquant: quantization-aware training, PTQ, TFLite export and integer simulation for Keras 3.
+
+Example:
+    >>> import tfquant
+    >>> qat = tfquant.quantize_model(model, config="tflite_int8")
+    >>> qat.compile("adam", "sparse_categorical_crossentropy"); qat.fit(x, y)
+"""
+
+import os as _os
+
+_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tfquant.annotate import (quantize_annotate_layer, quantize_annotate_model,  # noqa: E402
+                              quantize_apply, quantize_model)
+from tfquant.layers import QuantizeAnnotate, QuantizeWrapper, register_layer  # noqa: E402
+from tfquant.qparams import QuantParams  # noqa: E402
+from tfquant.quantizers import (LSQQuantizer, MinMaxQuantizer, PACTQuantizer,  # noqa: E402
+                                Quantizer)
+from tfquant.report import QuantizationReport  # noqa: E402
+from tfquant.specs import LayerSpec, QuantConfig, TensorSpec  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "quantize_model", "quantize_annotate_layer", "quantize_annotate_model", "quantize_apply",
+    "QuantizeAnnotate", "QuantizeWrapper", "register_layer", "QuantParams", "Quantizer",
+    "MinMaxQuantizer", "LSQQuantizer", "PACTQuantizer", "QuantizationReport", "LayerSpec",
+    "QuantConfig", "TensorSpec",
+]

@@ -1,0 +1,417 @@
+"""Annotate a float Keras model and turn it into a quantized one (tfmot-compatible names).
+
+``quantize_model(model)`` = ``quantize_apply(quantize_annotate_model(model))``. The steps:
+
+1. copy the user's model into a flat Functional graph (nested models inlined, annotations
+   unwrapped, weights copied): the model passed in is never modified;
+2. plan each layer from the registry and the config: quantize, fold (BatchNormalization into
+   the preceding weighted layer), fuse (ReLU/ReLU6 after a layer TFLite fuses it into), pass
+   through (shares its input's grid), or leave in float (reported with the reason);
+3. ``keras.models.clone_model`` with a ``clone_function`` that wraps layers and a
+   ``call_function`` that inserts an activation quantizer wherever a quantized layer would read
+   a float tensor (model inputs, outputs of float layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import keras
+from keras import tree
+from keras.src.models.functional import Functional
+
+from tfquant.layers.annotation import QuantizeAnnotate
+from tfquant.layers.registry import FUSABLE_ACTIVATIONS, activation_name, rule_for
+from tfquant.layers.wrapper import QuantizeWrapper
+from tfquant.quantizers import Quantizer, make_quantizer
+from tfquant.report import LayerEntry, QuantizationReport
+from tfquant.specs import LayerSpec, QuantConfig
+
+
+def quantize_annotate_layer(layer: keras.layers.Layer,
+                            spec: LayerSpec | dict | None = None) -> QuantizeAnnotate:
+    """Marks one layer for quantization by :func:`quantize_apply`.
+
+    Args:
+        layer: the layer (typically while building a model).
+        spec: optional per-layer :class:`~tfquant.specs.LayerSpec` overriding the config.
+
+    Example:
+        >>> model = keras.Sequential([keras.Input((4,)),
+        ...                           quantize_annotate_layer(keras.layers.Dense(3))])
+        >>> qmodel = quantize_apply(model)
+    """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(f"quantize_annotate_layer needs a Keras layer, got {type(layer).__name__}")
+    return QuantizeAnnotate(layer, spec)
+
+
+def quantize_annotate_model(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` in which every supported layer is wrapped in ``QuantizeAnnotate``.
+
+    Example:
+        >>> annotated = quantize_annotate_model(model)
+        >>> qmodel = quantize_apply(annotated, config="tflite_int8")
+    """
+    flat, _ = _flat_copy(model)
+
+    def clone(layer):
+        rule = rule_for(layer) if isinstance(layer, keras.layers.Layer) else None
+        if rule is None or rule.kind == "passthrough":
+            return layer
+        return QuantizeAnnotate(layer)
+
+    return keras.models.clone_model(flat, clone_function=clone)
+
+
+def quantize_apply(model: keras.Model, config: QuantConfig | str | dict | None = None
+                   ) -> keras.Model:
+    """Quantizes the annotated layers of ``model`` (others stay float and are reported).
+
+    Args:
+        model: a Functional or Sequential model containing ``QuantizeAnnotate`` layers.
+        config: a :class:`~tfquant.specs.QuantConfig`, a preset name or a config dict.
+
+    Returns:
+        A new Keras model; ``model.quantization_report`` lists what happened to each layer.
+
+    Example:
+        >>> qmodel = quantize_apply(quantize_annotate_model(model))
+    """
+    config = QuantConfig.coerce(config)
+    _check_model(model)
+    flat, annotations = _flat_copy(model)
+    if not annotations:
+        raise ValueError(f"model {model.name!r} has no QuantizeAnnotate layers: annotate layers "
+                         "with quantize_annotate_layer / quantize_annotate_model, or call "
+                         "quantize_model to quantize every supported layer.")
+    return _apply(flat, config, annotations)
+
+
+def quantize_model(model: keras.Model, config: QuantConfig | str | dict | None = None
+                   ) -> keras.Model:
+    """Quantizes every supported layer of a Functional or Sequential Keras model.
+
+    Args:
+        model: the float model; it is not modified.
+        config: a :class:`~tfquant.specs.QuantConfig`, a preset name (``"tflite_int8"``,
+            ``"lsq_w4a4"``, ...) or a config dict.
+
+    Returns:
+        A new Keras model ready for ``compile``/``fit`` (QAT) or calibration, with its
+        ``quantization_report``.
+
+    Example:
+        >>> qat = quantize_model(model)
+        >>> qat.compile("adam", "sparse_categorical_crossentropy")
+    """
+    config = QuantConfig.coerce(config)
+    _check_model(model)
+    flat, annotations = _flat_copy(model)
+    return _apply(flat, config, annotations, annotate_all=True)
+
+
+# ----------------------------------------------------------------------- copying
+def _check_model(model: Any) -> None:
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a keras.Model, got {type(model).__name__}")
+    if not isinstance(model, (Functional, keras.Sequential)):
+        raise ValueError(
+            f"model {model.name!r} is a subclassed model ({type(model).__name__}): tfquant "
+            "needs the layer graph, so build it with the Functional API or Sequential "
+            "(or quantize its Functional sub-models).")
+    if isinstance(model, keras.Sequential) and not model.inputs:
+        raise ValueError(f"Sequential model {model.name!r} is not built: give it an "
+                         "keras.Input(shape) first layer or call build(input_shape).")
+    for layer in _walk_layers(model):
+        if isinstance(layer, (QuantizeWrapper, Quantizer)):
+            raise ValueError(f"model {model.name!r} is already quantized (layer "
+                             f"{layer.name!r}); pass the float model.")
+
+
+def _walk_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _walk_layers(layer)
+
+
+def _flat_copy(model: keras.Model):
+    """Copies ``model`` into one flat Functional graph of new layers with copied weights.
+
+    Returns the copy and ``{id(copied layer): LayerSpec | None}`` for annotated layers.
+    """
+    _check_model(model)
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype,
+                          name=t._keras_history.operation.name) for t in model.inputs]
+    copies: dict[int, Any] = {}
+    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+    annotations: dict[int, LayerSpec | None] = {}
+
+    def copy(op):
+        if id(op) in copies:
+            return copies[id(op)]
+        if isinstance(op, QuantizeAnnotate):
+            new = copy(op.layer)
+            annotations[id(new)] = op.spec
+        elif isinstance(op, keras.layers.Layer):
+            new = op.__class__.from_config(op.get_config())
+            pairs.append((op, new))
+        else:  # a stateless keras.ops operation
+            new = op
+        copies[id(op)] = new
+        return new
+
+    def inline(sub: keras.Model, sub_inputs):
+        if isinstance(sub, keras.Sequential):
+            x = sub_inputs[0] if len(sub_inputs) == 1 else sub_inputs
+            for layer in sub.layers:
+                x = call(layer, x)
+            return x
+        return sub._run_through_graph(sub_inputs, operation_fn=lambda op: op, call_fn=call)
+
+    def call(op, *args, **kwargs):
+        if isinstance(op, keras.Model):
+            return inline(op, tree.flatten(args))
+        return copy(op)(*args, **kwargs)
+
+    outputs = inline(model, inputs)
+    flat = keras.Model(inputs, outputs, name=model.name)
+    for old, new in pairs:
+        new.set_weights(old.get_weights())
+    return flat, annotations
+
+
+# ---------------------------------------------------------------------- planning
+@dataclasses.dataclass
+class _Decision:
+    action: str  # quantize | fold | passthrough | float
+    spec: LayerSpec | None = None
+    reason: str = ""
+    quantize_output: bool = True
+    fused: bool = False  # activation whose input is not quantized (fused into its producer)
+    batchnorm: keras.layers.Layer | None = None
+    folded_into: str | None = None
+
+
+def _consumers(model: keras.Model) -> dict[int, list[Any]]:
+    """``id(layer) -> [consumer ops]`` of the layer's output within ``model``."""
+    result: dict[int, list[Any]] = {}
+    for depth_nodes in model._nodes_by_depth.values():
+        for node in depth_nodes:
+            if node.operation is None or node.is_input:
+                continue
+            for t in node.input_tensors:
+                producer = t._keras_history.operation
+                result.setdefault(id(producer), []).append(node.operation)
+    return result
+
+
+def _num_nodes(layer) -> int:
+    return len(getattr(layer, "_inbound_nodes", []))
+
+
+def _layer_spec(layer, config: QuantConfig, annotations, annotate_all: bool):
+    types = [c.__name__ for c in type(layer).__mro__ if issubclass(c, keras.layers.Layer)]
+    spec = config.resolve(layer.name, types)
+    if id(layer) in annotations and annotations[id(layer)] is not None:
+        spec = annotations[id(layer)]
+    return spec
+
+
+def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bool):
+    plan: dict[int, _Decision] = {}
+    ordered = [op for op in flat.operations if not isinstance(op, keras.layers.InputLayer)]
+    for op in ordered:
+        if not isinstance(op, keras.layers.Layer):
+            plan[id(op)] = _Decision("float", reason=f"keras.ops operation {type(op).__name__} "
+                                     "is not quantized; its result stays float")
+            continue
+        rule = rule_for(op)
+        if rule is None:
+            plan[id(op)] = _Decision("float", reason=f"unsupported layer type "
+                                     f"{type(op).__name__}: left in float (register it with "
+                                     "tfquant.register_layer)")
+            continue
+        if rule.kind == "passthrough" or (rule.kind == "activation"
+                                          and activation_name(op) == "linear"):
+            plan[id(op)] = _Decision("passthrough", reason="shares its input's quantization")
+            continue
+        if not annotate_all and id(op) not in annotations:
+            plan[id(op)] = _Decision("float", reason="not annotated")
+            continue
+        spec = _layer_spec(op, config, annotations, annotate_all)
+        if spec.skip:
+            plan[id(op)] = _Decision("float", spec=spec, reason="skipped by config")
+            continue
+        if rule.kind != "weighted" and spec.activations is None:
+            plan[id(op)] = _Decision("float", spec=spec, reason="activation quantization off")
+            continue
+        plan[id(op)] = _Decision("quantize", spec=spec)
+
+    _apply_first_last_bits(ordered, plan, config)
+    consumers = _consumers(flat)
+    for op in ordered:
+        decision = plan[id(op)]
+        if decision.action != "quantize" or _num_nodes(op) != 1:
+            continue
+        rule = rule_for(op)
+        tail = op
+        if rule.kind == "weighted":
+            tail = _try_fold(op, decision, consumers, plan)
+            fusable_tail = activation_name(getattr(op, "activation", None)) == "linear"
+        else:
+            fusable_tail = isinstance(op, (keras.layers.Add, keras.layers.Subtract,
+                                           keras.layers.Multiply))
+        if fusable_tail:
+            _try_fuse(op, tail, decision, consumers, plan)
+    return plan
+
+
+def _apply_first_last_bits(ordered, plan, config: QuantConfig) -> None:
+    if config.first_last_bits is None:
+        return
+    weighted = [op for op in ordered if plan[id(op)].action == "quantize"
+                and rule_for(op).kind == "weighted"]
+    for op in {id(weighted[0]): weighted[0], id(weighted[-1]): weighted[-1]}.values() \
+            if weighted else ():
+        d = plan[id(op)]
+        bits = {"bits": config.first_last_bits}
+        d.spec = d.spec.apply({k: bits for k in ("weights", "activations")
+                               if getattr(d.spec, k) is not None})
+
+
+def _single_consumer(op, consumers):
+    found = consumers.get(id(op), [])
+    return found[0] if len(found) == 1 else None
+
+
+def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
+    bn = _single_consumer(op, consumers)
+    if not (isinstance(bn, keras.layers.BatchNormalization) and decision.spec.fold_bn
+            and rule_for(op).foldable and _num_nodes(bn) == 1
+            and plan[id(bn)].action in ("quantize", "float")
+            and plan[id(bn)].reason != "skipped by config"):
+        return op
+    rank = len(op.output.shape)
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    channels_last = getattr(op, "data_format", "channels_last") == "channels_last"
+    if axis is None or axis % rank != rank - 1 or not channels_last:
+        return op
+    decision.batchnorm = bn
+    plan[id(bn)] = _Decision("fold", folded_into=op.name,
+                             reason=f"BatchNormalization folded into {op.name!r}")
+    return bn
+
+
+def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
+    act = _single_consumer(tail, consumers)
+    if act is None or rule_for(act) is None or rule_for(act).kind != "activation":
+        return
+    if activation_name(act) not in FUSABLE_ACTIVATIONS or _num_nodes(act) != 1:
+        return
+    act_decision = plan[id(act)]
+    if act_decision.action != "quantize":
+        return
+    decision.quantize_output = False
+    act_decision.fused = True
+    act_decision.reason = f"fused into {op.name!r} (one output quantizer after the activation)"
+
+
+# ------------------------------------------------------------------------ apply
+def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bool = False):
+    plan = _plan(flat, config, annotations, annotate_all)
+    by_new_layer: dict[int, _Decision] = {}
+    originals: dict[int, Any] = {}
+
+    def clone(layer):
+        decision = plan.get(id(layer))
+        if decision is None or decision.action in ("passthrough", "float"):
+            new = layer
+        elif decision.action == "fold":
+            new = keras.layers.Identity(name=layer.name)
+        else:
+            new = QuantizeWrapper(layer, decision.spec, quantize_output=decision.quantize_output,
+                                  batchnorm=decision.batchnorm)
+        if decision is not None:
+            by_new_layer[id(new)] = decision
+        originals[id(new)] = layer
+        return new
+
+    quantized: set[int] = set()
+    input_quantizers: dict[int, Any] = {}
+    used_names: set[str] = {layer.name for layer in flat.layers}
+
+    def quantize_input(t, spec: LayerSpec):
+        if id(t) in quantized or not isinstance(t, keras.KerasTensor):
+            return t
+        if id(t) not in input_quantizers:
+            source = t._keras_history.operation.name
+            name = f"{source}_quantizer"
+            while name in used_names:
+                name += "_"
+            used_names.add(name)
+            quantizer = make_quantizer(spec.activations, name=name)
+            q = quantizer(t)
+            quantized.add(id(q))
+            input_quantizers[id(t)] = q
+        return input_quantizers[id(t)]
+
+    def call(layer, *args, **kwargs):
+        decision = by_new_layer.get(id(layer))
+        inputs = tree.flatten((args, kwargs))
+        if decision is not None and decision.action == "quantize" and not decision.fused \
+                and decision.spec.activations is not None:
+            args, kwargs = tree.map_structure(lambda t: quantize_input(t, decision.spec),
+                                              (args, kwargs))
+        if decision is not None and decision.action == "fold":
+            kwargs = {}  # the Identity standing in for a folded BN takes no mask/training
+        outputs = layer(*args, **kwargs)
+        inputs_quantized = all(id(t) in quantized for t in inputs
+                               if isinstance(t, keras.KerasTensor))
+        if isinstance(layer, QuantizeWrapper):
+            is_quantized = layer.output_quantizer is not None
+        elif decision is not None and decision.action in ("passthrough", "fold"):
+            is_quantized = inputs_quantized
+        else:
+            is_quantized = False
+        if is_quantized:
+            for t in tree.flatten(outputs):
+                quantized.add(id(t))
+        return outputs
+
+    qmodel = keras.models.clone_model(flat, clone_function=clone, call_function=call)
+    qmodel.quantization_report = _report(flat, plan, config)
+    return qmodel
+
+
+def _describe(decision: _Decision, layer) -> str:
+    spec = decision.spec
+    parts = []
+    if decision.batchnorm is not None:
+        parts.append(f"BN {decision.batchnorm.name!r} folded")
+    if spec is not None and spec.weights is not None and rule_for(layer).kind == "weighted":
+        w = spec.weights
+        parts.append(f"weights {w.bits}-bit {'per-channel' if w.per_axis else 'per-tensor'} "
+                     f"{'symmetric' if w.symmetric else 'asymmetric'} ({w.learner})")
+    if spec is not None and spec.activations is not None:
+        a = spec.activations
+        where = "output" if decision.quantize_output else "output quantized after fused activation"
+        parts.append(f"{where} {a.bits}-bit ({a.learner})")
+    if decision.reason:
+        parts.append(decision.reason)
+    return "; ".join(parts)
+
+
+def _report(flat: keras.Model, plan, config: QuantConfig) -> QuantizationReport:
+    entries = []
+    for op in flat.operations:
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        decision = plan[id(op)]
+        action = "fused" if decision.fused else decision.action
+        entries.append(LayerEntry(name=op.name, type=type(op).__name__, action=action,
+                                  detail=_describe(decision, op) if decision.action == "quantize"
+                                  else decision.reason))
+    return QuantizationReport(entries)

@@ -1,0 +1,209 @@
+"""Which tensors of which layer type are quantized, looked up by class hierarchy.
+
+Kinds of layers:
+
+* ``"weighted"``: weights are fake-quantized and the layer is recomputed from them
+  (Conv*, DepthwiseConv*, SeparableConv*, Conv*Transpose, Dense); a following
+  BatchNormalization can be folded in and a following ReLU/ReLU6 fused.
+* ``"output"``: only the output is quantized (Add, Concatenate, pooling that averages, ...).
+* ``"activation"``: an activation layer; ReLU/ReLU6 fuse into the preceding layer, sigmoid /
+  softmax / tanh get the fixed output ranges TFLite enforces.
+* ``"passthrough"``: the output is on the input's grid already and TFLite shares the
+  parameters (reshape, max-pool, padding, dropout ...): no quantizer.
+
+Users add their own layer type with :func:`register_layer`.
+
+Example:
+    >>> class Scale(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return 2.0 * x
+    >>> register_layer(Scale, kind="output")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import keras
+from keras import ops
+
+KINDS = ("weighted", "output", "activation", "passthrough")
+
+# forward(layer, inputs, weights, quantize_intermediate) -> output before bias and activation
+Forward = Callable[..., object]
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRule:
+    """How one layer type is quantized.
+
+    Attributes:
+        kind: one of :data:`KINDS`.
+        weights: ``(attribute, channel_axis)`` pairs of the weights to quantize; the channel
+            axis is an int or a tuple of contiguous axes (depthwise: ``(in, multiplier)``).
+        forward: for weighted layers, computes the layer from (quantized) weights, without
+            bias and activation: ``forward(layer, x, weights, quantize_intermediate)``.
+        foldable: whether a following BatchNormalization may be folded into the last weight.
+    """
+
+    kind: str
+    weights: tuple[tuple[str, int | tuple[int, ...]], ...] = ()
+    forward: Forward | None = None
+    foldable: bool = False
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"kind={self.kind!r} must be one of {KINDS}")
+        if self.kind == "weighted" and (not self.weights or self.forward is None):
+            raise ValueError("a 'weighted' rule needs weights and a forward function")
+
+
+_REGISTRY: dict[type, LayerRule] = {}
+
+
+def register_layer(layer_cls: type, kind: str = "output",
+                   weights: Sequence[tuple[str, int | tuple[int, ...]]] = (),
+                   forward: Forward | None = None, foldable: bool = False) -> LayerRule:
+    """Registers how ``layer_cls`` (and its subclasses) are quantized.
+
+    Args:
+        layer_cls: a ``keras.layers.Layer`` subclass.
+        kind: ``"weighted"``, ``"output"``, ``"activation"`` or ``"passthrough"``.
+        weights: for weighted layers, ``(attribute_name, channel_axis)`` pairs.
+        forward: for weighted layers, ``forward(layer, x, weights, quantize_intermediate)``
+            returning the output before bias and activation.
+        foldable: allow folding a following BatchNormalization into the last weight.
+
+    Returns:
+        The registered :class:`LayerRule`.
+
+    Example:
+        >>> register_layer(MyPassThrough, kind="passthrough")
+    """
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
+        raise TypeError(f"register_layer needs a keras.layers.Layer subclass, got {layer_cls!r}")
+    rule = LayerRule(kind, tuple((w, a) for w, a in weights), forward, foldable)
+    _REGISTRY[layer_cls] = rule
+    return rule
+
+
+def rule_for(layer: keras.layers.Layer) -> LayerRule | None:
+    """The rule of the most derived registered class of ``layer`` (None: unsupported)."""
+    for cls in type(layer).__mro__:
+        if cls in _REGISTRY:
+            return _REGISTRY[cls]
+    return None
+
+
+# ------------------------------------------------------------------ activations
+FUSABLE_ACTIVATIONS = ("linear", "relu", "relu6")
+# Output ranges TFLite enforces for int8 (real = scale * (q - zp)): sigmoid/softmax
+# scale 1/256, zp -128 -> [0, 255/256]; tanh scale 1/128, zp 0 -> [-1, 127/128].
+FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 / 256.0),
+                       "tanh": (-1.0, 127.0 / 128.0)}
+
+
+def activation_name(fn_or_layer) -> str:
+    """A canonical name for an activation function or activation layer ("relu", "relu6",
+    "sigmoid", "softmax", "tanh", "linear", ... or "other")."""
+    layer = fn_or_layer
+    if isinstance(layer, keras.layers.ReLU):
+        slope = float(layer.negative_slope)
+        threshold = float(layer.threshold)
+        if slope != 0.0 or threshold != 0.0:
+            return "other"
+        if layer.max_value is None:
+            return "relu"
+        return "relu6" if float(layer.max_value) == 6.0 else "other"
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu"
+    if isinstance(layer, keras.layers.Activation):
+        return activation_name(layer.activation)
+    fn = fn_or_layer
+    if fn is None:
+        return "linear"
+    name = getattr(fn, "__name__", "") or ""
+    aliases = {"silu": "swish", "hard_silu": "hard_swish"}
+    name = aliases.get(name, name)
+    known = ("linear", "relu", "relu6", "sigmoid", "softmax", "tanh", "hard_sigmoid",
+             "hard_swish", "swish", "elu", "gelu", "leaky_relu")
+    return name if name in known else "other"
+
+
+# --------------------------------------------------------------- forward passes
+def _conv_forward(layer, x, weights, quantize_intermediate=None):
+    if getattr(layer, "padding", None) == "causal":
+        k = (layer.kernel_size[0] - 1) * layer.dilation_rate[0]
+        x = ops.pad(x, [[0, 0], [k, 0], [0, 0]])
+        padding = "valid"
+    else:
+        padding = layer.padding
+    return ops.conv(x, weights["kernel"], strides=layer.strides, padding=padding,
+                    data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+
+def _depthwise_forward(layer, x, weights, quantize_intermediate=None):
+    return ops.depthwise_conv(x, weights["kernel"], strides=layer.strides,
+                              padding=layer.padding, data_format=layer.data_format,
+                              dilation_rate=layer.dilation_rate)
+
+
+def _separable_forward(layer, x, weights, quantize_intermediate=None):
+    # TFLite runs this as DEPTHWISE_CONV_2D then CONV_2D: the intermediate is quantized.
+    y = ops.depthwise_conv(x, weights["depthwise_kernel"], strides=layer.strides,
+                           padding=layer.padding, data_format=layer.data_format,
+                           dilation_rate=layer.dilation_rate)
+    if quantize_intermediate is not None:
+        y = quantize_intermediate(y)
+    return ops.conv(y, weights["pointwise_kernel"], strides=1, padding="valid",
+                    data_format=layer.data_format)
+
+
+def _conv_transpose_forward(layer, x, weights, quantize_intermediate=None):
+    return ops.conv_transpose(x, weights["kernel"], strides=layer.strides,
+                              padding=layer.padding, output_padding=layer.output_padding,
+                              data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+
+def _dense_forward(layer, x, weights, quantize_intermediate=None):
+    return ops.matmul(x, weights["kernel"])
+
+
+def _register_builtins() -> None:
+    L = keras.layers
+    from keras.src.layers.convolutional.base_conv import BaseConv
+    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+    from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
+    from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
+
+    register_layer(BaseConv, "weighted", [("kernel", -1)], _conv_forward, foldable=True)
+    # depthwise kernel (..., in, multiplier): TFLite's output channel is in * multiplier.
+    register_layer(BaseDepthwiseConv, "weighted", [("kernel", (-2, -1))],
+                   _depthwise_forward, foldable=True)
+    register_layer(BaseSeparableConv, "weighted",
+                   [("depthwise_kernel", (-2, -1)), ("pointwise_kernel", -1)],
+                   _separable_forward, foldable=True)
+    # transpose-conv kernel (..., out, in)
+    register_layer(BaseConvTranspose, "weighted", [("kernel", -2)], _conv_transpose_forward,
+                   foldable=True)
+    register_layer(L.Dense, "weighted", [("kernel", -1)], _dense_forward, foldable=True)
+
+    for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+                L.AveragePooling1D, L.AveragePooling2D, L.GlobalAveragePooling1D,
+                L.GlobalAveragePooling2D, L.Rescaling, L.Normalization, L.BatchNormalization,
+                L.UpSampling2D, L.Resizing):
+        register_layer(cls, "output")
+    for cls in (L.ReLU, L.Activation, L.Softmax, L.LeakyReLU, L.ELU, L.PReLU):
+        register_layer(cls, "activation")
+    for cls in (L.InputLayer, L.Reshape, L.Flatten, L.MaxPooling1D, L.MaxPooling2D,
+                L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
+                L.Cropping1D, L.Cropping2D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
+                L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Permute, L.Identity,
+                L.RepeatVector, L.ActivityRegularization):
+        register_layer(cls, "passthrough")
+
+
+_register_builtins()

@@ -1,0 +1,239 @@
+"""``QuantizeWrapper``: a Keras ``Wrapper`` that fake-quantizes a layer's weights and output.
+
+For weighted layers the wrapper recomputes the layer from quantized weights (the registry's
+forward function), optionally with a BatchNormalization folded in:
+
+* inference (and after ``bn_freeze_step``): ``y = conv(x, Q(W * g)) + (b - mean) * g + beta``
+  with ``g = gamma / sqrt(moving_var + eps)``: exactly what TFLite runs;
+* training: the same quantized convolution, rescaled back by ``1/g`` and passed through the BN
+  layer in training mode, so batch statistics normalise the output and the moving statistics
+  are updated (single-convolution folding, as in Krishnamoorthi 2018, Sec. 3.2).
+
+Activations that TFLite fuses (ReLU, ReLU6) are applied before the output quantizer; any other
+activation gets a quantizer before it too, since TFLite runs it as a separate int8 op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from tfquant.fake_quant import _broadcast_param
+from tfquant.layers.registry import (FIXED_OUTPUT_RANGES, FUSABLE_ACTIVATIONS, activation_name,
+                                     rule_for)
+from tfquant.quantizers import Quantizer, make_quantizer
+from tfquant.quantizers.minmax import MinMaxQuantizer
+from tfquant.specs import LayerSpec, TensorSpec
+
+
+def output_spec(spec: TensorSpec, activation: str) -> TensorSpec:
+    """The activation spec, replaced by TFLite's fixed range after sigmoid/softmax/tanh (int8)."""
+    if activation in FIXED_OUTPUT_RANGES and spec.bits == 8:
+        lo, hi = FIXED_OUTPUT_RANGES[activation]
+        return spec.replace(learner="fixed", symmetric=False, per_axis=False, init_min=lo,
+                            init_max=hi, quant_start_step=0)
+    return spec
+
+
+@keras.saving.register_keras_serializable(package="tfquant")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Quantizes a layer: its weights (weighted layers) and its output.
+
+    Args:
+        layer: the float layer (already holding its weights).
+        spec: the :class:`~tfquant.specs.LayerSpec` (or its dict form).
+        quantize_output: False when a following fused activation quantizes instead.
+        batchnorm: a BatchNormalization layer folded into this layer (weighted layers only).
+
+    Example:
+        >>> w = QuantizeWrapper(keras.layers.Dense(4), LayerSpec())
+        >>> y = w(tf.ones([2, 3]))
+    """
+
+    def __init__(self, layer: keras.layers.Layer, spec: LayerSpec | dict | None = None,
+                 quantize_output: bool = True, batchnorm: keras.layers.Layer | None = None,
+                 **kwargs: Any):
+        kwargs.setdefault("name", f"quant_{layer.name}")
+        super().__init__(layer, **kwargs)
+        self.spec = spec if isinstance(spec, LayerSpec) else LayerSpec.from_dict(spec or {})
+        self.quantize_output = bool(quantize_output)
+        self.batchnorm = batchnorm
+        self.rule = rule_for(layer)
+        if self.rule is None:
+            raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) has no quantization "
+                             "rule; register it with tfquant.register_layer.")
+        self.activation = (activation_name(getattr(layer, "activation", None))
+                           if self.rule.kind == "weighted" else activation_name(layer))
+        if batchnorm is not None and not self.rule.foldable:
+            raise ValueError(f"layer {layer.name!r}: BatchNormalization cannot be folded into "
+                             f"{type(layer).__name__}.")
+
+        self.weight_quantizers: dict[str, Quantizer] = {}
+        if self.rule.kind == "weighted" and self.spec.weights is not None:
+            for attr, axis in self.rule.weights:
+                self.weight_quantizers[attr] = self._make(self.spec.weights, axis,
+                                                          f"{attr}_quantizer")
+        acts = self.spec.activations
+        self.intermediate_quantizer = None
+        self.pre_activation_quantizer = None
+        self.output_quantizer = None
+        if acts is not None:
+            if self.rule.kind == "weighted" and len(self.rule.weights) > 1:
+                self.intermediate_quantizer = self._make(acts, None, "intermediate_quantizer")
+            if self.rule.kind == "weighted" and self.activation not in FUSABLE_ACTIVATIONS:
+                self.pre_activation_quantizer = self._make(acts, None, "pre_activation_quantizer")
+            if self.quantize_output:
+                self.output_quantizer = self._make(output_spec(acts, self.activation), None,
+                                                   "output_quantizer")
+
+    def _make(self, spec: TensorSpec, axis, name: str) -> Quantizer:
+        if spec.per_axis and axis is None:
+            raise ValueError(f"layer {self.layer.name!r}: per_axis=True was requested for its "
+                             f"{name.replace('_quantizer', '')} tensor, which has no channel "
+                             "axis; use per_axis=False there.")
+        return make_quantizer(spec, axis=axis, name=name)
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        if self.batchnorm is not None and not self.batchnorm.built:
+            self.batchnorm.build(self.layer.compute_output_shape(input_shape))
+        for attr, quantizer in self.weight_quantizers.items():
+            quantizer.build(tuple(getattr(self.layer, attr).shape))
+        out_shape = self.layer.compute_output_shape(input_shape)
+        for quantizer in (self.intermediate_quantizer, self.pre_activation_quantizer,
+                          self.output_quantizer):
+            if quantizer is not None:
+                quantizer.build(out_shape)
+        self.built = True
+        self.initialize_weight_ranges()
+
+    def initialize_weight_ranges(self) -> None:
+        """Sets observed weight ranges from the current (folded) weights, so the wrapper
+        quantizes sensibly before any training step."""
+        weights = self.folded_weights()
+        for attr, quantizer in self.weight_quantizers.items():
+            if isinstance(quantizer, MinMaxQuantizer) and quantizer.spec.learner != "fixed":
+                quantizer.set_range(*quantizer.batch_min_max(weights[attr]))
+
+    # --------------------------------------------------------------- weights
+    def _fold_factor(self, bn_training: bool = False):
+        """``gamma / sqrt(moving_var + eps)`` of the folded BN (per output channel)."""
+        bn = self.batchnorm
+        gamma = bn.gamma if bn.scale else tf.ones_like(bn.moving_variance)
+        return gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+
+    def folded_weights(self) -> dict[str, tf.Tensor]:
+        """The weights the quantizers see: BN-folded into the last weight when folding."""
+        weights = {attr: tf.convert_to_tensor(getattr(self.layer, attr))
+                   for attr, _ in self.rule.weights}
+        if self.batchnorm is not None:
+            attr, axis = self.rule.weights[-1]
+            weights[attr] = weights[attr] * _broadcast_param(self._fold_factor(), weights[attr],
+                                                            axis)
+        return weights
+
+    def folded_bias(self) -> tf.Tensor | None:
+        """The bias TFLite will see: ``(b - mean) * g + beta`` when folding, else the bias."""
+        bias = self.layer.bias if getattr(self.layer, "use_bias", False) else None
+        if self.batchnorm is None:
+            return None if bias is None else tf.convert_to_tensor(bias)
+        bn = self.batchnorm
+        bias = tf.zeros_like(bn.moving_mean) if bias is None else bias
+        beta = bn.beta if bn.center else tf.zeros_like(bn.moving_mean)
+        return (bias - bn.moving_mean) * self._fold_factor() + beta
+
+    def _add_bias(self, y, bias):
+        if bias is None:
+            return y
+        if getattr(self.layer, "data_format", "channels_last") == "channels_first":
+            shape = [1, -1] + [1] * (len(y.shape) - 2)
+            return y + ops.reshape(bias, shape)
+        return y + bias
+
+    # ------------------------------------------------------------------- call
+    def _weighted_call(self, x, training):
+        weights = self.folded_weights()
+        for attr, quantizer in self.weight_quantizers.items():
+            weights[attr] = quantizer(weights[attr], training=training)
+        mid = None
+        if self.intermediate_quantizer is not None:
+            def mid(t):
+                return self.intermediate_quantizer(t, training=training)
+        y = self.rule.forward(self.layer, x, weights, mid)
+        if self.batchnorm is None:
+            return self._add_bias(y, self.folded_bias())
+        if not training:
+            return self._add_bias(y, self.folded_bias())
+        return self._batchnorm_training(y)
+
+    def _batchnorm_training(self, y):
+        bn = self.batchnorm
+        factor = self._fold_factor()
+        safe = tf.where(tf.abs(factor) < 1e-12, tf.ones_like(factor) * 1e-12, factor)
+
+        def batch_stats():
+            unfolded = y / safe
+            if getattr(self.layer, "use_bias", False):
+                unfolded = unfolded + self.layer.bias
+            return bn(unfolded, training=True)
+
+        freeze = self.spec.bn_freeze_step
+        if freeze is None:
+            return batch_stats()
+        steps = next(iter(self.weight_quantizers.values())).steps
+        return tf.cond(steps < freeze, batch_stats,
+                       lambda: self._add_bias(y, self.folded_bias()))
+
+    def call(self, inputs, training=None, mask=None):
+        if self.rule.kind == "weighted":
+            y = self._weighted_call(inputs, training)
+            if self.pre_activation_quantizer is not None:
+                y = self.pre_activation_quantizer(y, training=training)
+            activation = getattr(self.layer, "activation", None)
+            if activation is not None:
+                y = activation(y)
+        else:
+            y = self.layer(inputs, training=training)
+        if self.output_quantizer is not None:
+            y = self.output_quantizer(y, training=training)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    # --------------------------------------------------------- introspection
+    @property
+    def quantizers(self) -> dict[str, Quantizer]:
+        """Every quantizer of this wrapper by role."""
+        found = {f"weights/{k}": q for k, q in self.weight_quantizers.items()}
+        for role in ("intermediate", "pre_activation", "output"):
+            q = getattr(self, f"{role}_quantizer")
+            if q is not None:
+                found[role] = q
+        return found
+
+    # -------------------------------------------------------- serialization
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "spec": self.spec.to_dict(),
+            "quantize_output": self.quantize_output,
+            "batchnorm": None if self.batchnorm is None else
+            keras.saving.serialize_keras_object(self.batchnorm),
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        layer = keras.saving.deserialize_keras_object(config.pop("layer"),
+                                                      custom_objects=custom_objects)
+        bn = config.pop("batchnorm", None)
+        if bn is not None:
+            bn = keras.saving.deserialize_keras_object(bn, custom_objects=custom_objects)
+        return cls(layer, batchnorm=bn, **config)

@@ -1,0 +1,182 @@
+"""``Quantizer``: a Keras layer that owns one tensor's range state and fake-quantizes it."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfquant.fake_quant import fake_quant
+from tfquant.qparams import QuantParams, symmetric_range
+from tfquant.specs import TensorSpec
+
+# Smallest half-width a range may have: keeps all-zero tensors quantizable (scale > 0).
+MIN_RANGE = 1e-6
+
+
+def replica_all_gather_reduce(value: tf.Tensor, reduce_fn) -> tf.Tensor:
+    """Reduces ``value`` across replicas of a ``tf.distribute`` strategy (identity otherwise).
+
+    ``tf.distribute.ReduceOp`` has only SUM and MEAN, so MIN/MAX go through ``all_gather``.
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    gathered = ctx.all_gather(tf.expand_dims(value, 0), axis=0)
+    return reduce_fn(gathered, axis=0)
+
+
+def replica_mean(value: tf.Tensor) -> tf.Tensor:
+    """Mean of ``value`` across replicas (identity outside a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return value
+    return ctx.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
+class Quantizer(keras.layers.Layer):
+    """Base class: fake-quantizes its input with a range held in its own variables.
+
+    Subclasses implement :meth:`build_range` (create variables), :meth:`quantize_training`
+    (update state, return the fake-quantized tensor with the learner's gradient) and
+    :meth:`current_range` (the ``(min, max)`` used in inference).
+
+    Args:
+        spec: the :class:`~tfquant.specs.TensorSpec` (or its dict form).
+        axis: channel axis (int or contiguous tuple) for per-axis specs, else None.
+
+    Attributes:
+        enabled: when False the quantizer passes its input through untouched (analysis tools
+            toggle it; call ``model.make_predict_function(force=True)`` or re-trace after).
+    """
+
+    def __init__(self, spec: TensorSpec | dict | None = None,
+                 axis: int | Sequence[int] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.spec = spec if isinstance(spec, TensorSpec) else TensorSpec.from_dict(spec or {})
+        if self.spec.per_axis and axis is None:
+            raise ValueError(f"quantizer {self.name!r}: per_axis=True needs a channel axis, "
+                             "and none was given (the tensor has no channel axis).")
+        self.axis = None if not self.spec.per_axis else (
+            axis if isinstance(axis, int) else tuple(axis))
+        self.enabled = True
+
+    # ----------------------------------------------------------------- state
+    def build(self, input_shape):
+        shape = ()
+        if self.axis is not None:
+            axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+            channels = 1
+            for a in axes:
+                if input_shape[a] is None:
+                    raise ValueError(f"quantizer {self.name!r}: per-axis quantization needs a "
+                                     f"known size on axis {a}, input shape is {input_shape}.")
+                channels *= int(input_shape[a])
+            shape = (channels,)
+        self.param_shape = shape
+        self.steps = self.add_weight(name="steps", shape=(), dtype="int64", initializer="zeros",
+                                     trainable=False, aggregation="only_first_replica")
+        self.build_range(shape)
+
+    def build_range(self, shape: tuple) -> None:
+        raise NotImplementedError
+
+    def current_range(self) -> tuple[tf.Tensor, tf.Tensor]:
+        raise NotImplementedError
+
+    def quantize_training(self, x: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- helpers
+    def reduce_axes(self, x: tf.Tensor) -> list[int]:
+        """Axes reduced when taking statistics (all but the channel axes)."""
+        if self.axis is None:
+            return list(range(x.shape.rank))
+        keep = [self.axis] if isinstance(self.axis, int) else list(self.axis)
+        keep = [a % x.shape.rank for a in keep]
+        return [a for a in range(x.shape.rank) if a not in keep]
+
+    def batch_min_max(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Per-tensor or per-channel min and max of ``x``, reduced across replicas."""
+        axes = self.reduce_axes(x)
+        if self.axis is not None:
+            from tfquant.fake_quant import _to_channels_last  # channel-last view
+            moved, _ = _to_channels_last(x, self.axis)
+            flat = tf.reshape(moved, [-1, moved.shape[-1]])
+            b_min, b_max = tf.reduce_min(flat, 0), tf.reduce_max(flat, 0)
+        else:
+            b_min, b_max = tf.reduce_min(x, axes), tf.reduce_max(x, axes)
+        message = (f"quantizer {self.name!r}: non-finite values (NaN/Inf) reached the range "
+                   "update")
+        b_min = tf.debugging.assert_all_finite(b_min, message)
+        b_max = tf.debugging.assert_all_finite(b_max, message)
+        return (replica_all_gather_reduce(b_min, tf.reduce_min),
+                replica_all_gather_reduce(b_max, tf.reduce_max))
+
+    def finalize_range(self, x_min: tf.Tensor, x_max: tf.Tensor):
+        """Turns observed statistics into a valid range: contains 0, non-empty, symmetric if
+        the spec says so."""
+        spec = self.spec
+        x_min = tf.minimum(x_min, 0.0)
+        x_max = tf.maximum(x_max, 0.0)
+        if spec.symmetric:
+            abs_max = tf.maximum(tf.maximum(-x_min, x_max), MIN_RANGE)
+            return symmetric_range(abs_max, spec.bits, spec.narrow_range)
+        x_max = tf.maximum(x_max, x_min + MIN_RANGE)
+        return x_min, x_max
+
+    def fake_quant(self, x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor) -> tf.Tensor:
+        """TF FakeQuant with this quantizer's bits, narrow range and axis."""
+        return fake_quant(x, x_min, x_max, bits=self.spec.bits,
+                          narrow_range=self.spec.narrow_range, axis=self.axis)
+
+    def frozen(self, step: tf.Tensor) -> tf.Tensor | bool:
+        """True once the range must stop changing (``freeze_step`` reached)."""
+        if self.spec.freeze_step is None:
+            return False
+        return step >= self.spec.freeze_step
+
+    # ------------------------------------------------------------------ call
+    def call(self, x, training=None):
+        if not self.enabled:
+            return x
+        x = tf.convert_to_tensor(x)
+        if x.dtype != tf.float32:
+            x = tf.cast(x, tf.float32)
+        if training:
+            step = self.steps.value
+            self.steps.assign_add(1)
+            y = self.quantize_training(x, step)
+            if self.spec.quant_start_step > 0:
+                y = tf.where(step >= self.spec.quant_start_step, y, x)
+            return y
+        x_min, x_max = self.current_range()
+        return self.fake_quant(x, x_min, x_max)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    # ------------------------------------------------------------- reporting
+    def quant_params(self) -> QuantParams:
+        """The current :class:`~tfquant.qparams.QuantParams` (numpy), the single source of truth
+        for exporters and the simulator."""
+        x_min, x_max = (np.asarray(keras.ops.convert_to_numpy(t)) for t in self.current_range())
+        return QuantParams.from_min_max(x_min, x_max, bits=self.spec.bits,
+                                        narrow_range=self.spec.narrow_range,
+                                        signed=self.spec.signed,
+                                        axis=self._params_axis())
+
+    def _params_axis(self) -> int | None:
+        # A multi-axis channel (depthwise kernels: in x multiplier) is reported by its last axis:
+        # the parameters then apply to the kernel reshaped so those axes are flattened into one.
+        if self.axis is None:
+            return None
+        return self.axis if isinstance(self.axis, int) else self.axis[-1]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"spec": self.spec.to_dict(),
+                       "axis": list(self.axis) if isinstance(self.axis, tuple) else self.axis})
+        return config
