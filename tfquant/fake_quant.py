@@ -13,13 +13,49 @@ give identical values. Learners differ only in the gradient:
 
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+import contextvars
+from typing import Iterator, Sequence
 
 import tensorflow as tf
 
 from tfquant.qparams import nudge, unsigned_grid
 
 Axis = int | Sequence[int] | None
+
+CONTAINER_BITS = 8
+_container = contextvars.ContextVar("tfquant_int8_container", default=False)
+
+
+@contextlib.contextmanager
+def int8_container() -> Iterator[None]:
+    """Within this context, sub-8-bit fake quantization is expressed with 8-bit FakeQuant ops.
+
+    TFLite has no int4 kernels and its converter rejects ``num_bits < 8`` FakeQuant ops. A
+    b-bit grid with step ``s`` is a subset of an 8-bit grid with the same step, so the exporter
+    traces the model in this context: ``fake_quant`` then clips to the b-bit range and applies an
+    8-bit FakeQuant whose range is the b-bit range padded to 256 levels. Values (and clipping)
+    are those of the b-bit quantizer; the TFLite model stores them in int8.
+
+    Example:
+        >>> with int8_container():
+        ...     concrete = tf.function(model).get_concrete_function(spec)
+    """
+    token = _container.set(True)
+    try:
+        yield
+    finally:
+        _container.reset(token)
+
+
+def _padded_container_range(x_min, x_max, bits: int, narrow_range: bool):
+    """The 8-bit range with the same step and zero point as the b-bit nudged range."""
+    scale, zero_point, lo, hi = nudge(x_min, x_max, bits, narrow_range)
+    qmin, qmax = unsigned_grid(bits, narrow_range)
+    cmin, cmax = unsigned_grid(CONTAINER_BITS, narrow_range)
+    pad = float(((cmax - cmin) - (qmax - qmin)) // 2)
+    c_zero = zero_point - qmin + cmin + pad
+    return lo, hi, (cmin - c_zero) * scale, (cmax - c_zero) * scale
 
 
 def _channel_axes(rank: int, axis: Axis) -> list[int]:
@@ -62,7 +98,7 @@ def _to_channels_last(x: tf.Tensor, axis: Axis):
 
 
 def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
-               narrow_range: bool, axis: Axis = None) -> tf.Tensor:
+               narrow_range: bool, axis: Axis = None, constant: bool = False) -> tf.Tensor:
     """TF's FakeQuant op on ``x`` with range ``[x_min, x_max]`` (per-tensor or per-axis).
 
     Args:
@@ -73,6 +109,8 @@ def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
         narrow_range: drop the lowest level.
         axis: the channel axis, or a tuple of contiguous axes whose product is the channel
             dimension (depthwise kernels), or None for per-tensor.
+        constant: ``x`` is a weight (constant-folded by the converter); only changes how
+            :func:`int8_container` expresses sub-8-bit grids.
 
     Returns:
         The fake-quantized tensor, same shape as ``x``.
@@ -80,6 +118,17 @@ def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
     Example:
         >>> y = fake_quant(tf.constant([0.26, -3.0]), -1.0, 1.0, bits=8, narrow_range=False)
     """
+    if bits < CONTAINER_BITS and _container.get():
+        # Activations: FQ8 -> clip -> FQ8. The first FakeQuant gives the producer an int8
+        # output on the b-bit step, the clip (MINIMUM/MAXIMUM on that grid) restores the b-bit
+        # range. Weights: clip -> FQ8, folded into an int8 constant by the converter.
+        lo, hi, c_min, c_max = _padded_container_range(x_min, x_max, bits, narrow_range)
+        container = dict(bits=CONTAINER_BITS, narrow_range=narrow_range, axis=axis)
+        if not constant:
+            x = fake_quant(x, c_min, c_max, **container)
+        if axis is not None:
+            lo, hi = _broadcast_param(lo, x, axis), _broadcast_param(hi, x, axis)
+        return fake_quant(tf.clip_by_value(x, lo, hi), c_min, c_max, **container)
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, x_min, x_max, num_bits=bits, narrow_range=narrow_range)

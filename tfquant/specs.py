@@ -173,12 +173,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Learned step size (Esser et al. 2019) for weights, LSQ+ offset for activations.
     "lsq_w4a4": {"global": LayerSpec(
         TensorSpec(bits=4, symmetric=True, per_axis=True, narrow_range=True, learner="lsq"),
-        TensorSpec(bits=4, learner="lsq_plus")), "first_last_bits": 8},
+        TensorSpec(bits=4, learner="lsq_plus")), "first_last_bits": 8, "by_type": _TFLITE_TYPES},
     # PACT clipping (Choi et al. 2018) for activations, per-channel min/max weights.
     "pact_w4a4": {"global": LayerSpec(
         TensorSpec(bits=4, symmetric=True, per_axis=True, narrow_range=True, learner="minmax"),
         TensorSpec(bits=4, learner="pact", init_min=0.0, init_max=6.0,
-                   regularization=1e-4)), "first_last_bits": 8},
+                   regularization=1e-4)), "first_last_bits": 8, "by_type": _TFLITE_TYPES},
 }
 
 

@@ -74,8 +74,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
         self.weight_quantizers: dict[str, Quantizer] = {}
         if self.rule.kind == "weighted" and self.spec.weights is not None:
             for attr, axis in self.rule.weights:
-                self.weight_quantizers[attr] = self._make(self.spec.weights, axis,
-                                                          f"{attr}_quantizer")
+                quantizer = self._make(self.spec.weights, axis, f"{attr}_quantizer")
+                quantizer.for_weights = True
+                self.weight_quantizers[attr] = quantizer
         acts = self.spec.activations
         self.intermediate_quantizer = None
         self.pre_activation_quantizer = None

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfquant.fake_quant import fake_quant
+from tfquant.fake_quant import _to_channels_last, fake_quant
 from tfquant.qparams import QuantParams, symmetric_range
 from tfquant.specs import TensorSpec
 
@@ -62,6 +62,9 @@ class Quantizer(keras.layers.Layer):
         self.axis = None if not self.spec.per_axis else (
             axis if isinstance(axis, int) else tuple(axis))
         self.enabled = True
+        # Set by QuantizeWrapper on weight quantizers (weights are constants in the exported
+        # graph); derived from the model structure, so not part of the config.
+        self.for_weights = False
 
     # ----------------------------------------------------------------- state
     def build(self, input_shape):
@@ -98,22 +101,26 @@ class Quantizer(keras.layers.Layer):
         keep = [a % x.shape.rank for a in keep]
         return [a for a in range(x.shape.rank) if a not in keep]
 
+    def channel_reduce(self, x: tf.Tensor, reduce_fn) -> tf.Tensor:
+        """Reduces ``x`` to the parameter shape: a scalar, or one value per channel."""
+        if self.axis is None:
+            return reduce_fn(x)
+        moved, _ = _to_channels_last(x, self.axis)
+        return reduce_fn(tf.reshape(moved, [-1, moved.shape[-1]]), 0)
+
     def batch_min_max(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Per-tensor or per-channel min and max of ``x``, reduced across replicas."""
-        axes = self.reduce_axes(x)
-        if self.axis is not None:
-            from tfquant.fake_quant import _to_channels_last  # channel-last view
-            moved, _ = _to_channels_last(x, self.axis)
-            flat = tf.reshape(moved, [-1, moved.shape[-1]])
-            b_min, b_max = tf.reduce_min(flat, 0), tf.reduce_max(flat, 0)
-        else:
-            b_min, b_max = tf.reduce_min(x, axes), tf.reduce_max(x, axes)
-        message = (f"quantizer {self.name!r}: non-finite values (NaN/Inf) reached the range "
-                   "update")
-        b_min = tf.debugging.assert_all_finite(b_min, message)
-        b_max = tf.debugging.assert_all_finite(b_max, message)
+        b_min = self.channel_reduce(x, tf.reduce_min)
+        b_max = self.channel_reduce(x, tf.reduce_max)
+        b_min, b_max = self.assert_finite(b_min), self.assert_finite(b_max)
         return (replica_all_gather_reduce(b_min, tf.reduce_min),
                 replica_all_gather_reduce(b_max, tf.reduce_max))
+
+    def assert_finite(self, statistic: tf.Tensor) -> tf.Tensor:
+        """``statistic``, or an InvalidArgumentError naming this quantizer if it is NaN/Inf."""
+        return tf.debugging.assert_all_finite(
+            statistic, f"quantizer {self.name!r}: non-finite values (NaN/Inf) reached the range "
+            "update")
 
     def finalize_range(self, x_min: tf.Tensor, x_max: tf.Tensor):
         """Turns observed statistics into a valid range: contains 0, non-empty, symmetric if
@@ -130,7 +137,8 @@ class Quantizer(keras.layers.Layer):
     def fake_quant(self, x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor) -> tf.Tensor:
         """TF FakeQuant with this quantizer's bits, narrow range and axis."""
         return fake_quant(x, x_min, x_max, bits=self.spec.bits,
-                          narrow_range=self.spec.narrow_range, axis=self.axis)
+                          narrow_range=self.spec.narrow_range, axis=self.axis,
+                          constant=self.for_weights)
 
     def frozen(self, step: tf.Tensor) -> tf.Tensor | bool:
         """True once the range must stop changing (``freeze_step`` reached)."""
@@ -146,7 +154,9 @@ class Quantizer(keras.layers.Layer):
         if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
         if training:
-            step = self.steps.value
+            # Snapshot the counter: ``self.steps.value`` is the variable itself, and reading it
+            # after ``assign_add`` would see the incremented count (step 0 would never occur).
+            step = tf.identity(self.steps.value)
             self.steps.assign_add(1)
             y = self.quantize_training(x, step)
             if self.spec.quant_start_step > 0:

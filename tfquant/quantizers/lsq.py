@@ -51,23 +51,20 @@ class LSQQuantizer(Quantizer):
 
     def current_range(self):
         offset = None if self.offset is None else self.offset.value
-        x_min, x_max = lsq_range(tf.abs(self.step_size.value) + 1e-12, offset,
-                                 bits=self.spec.bits, narrow_range=self.spec.narrow_range,
-                                 symmetric=self.symmetric)
-        if not self.symmetric:  # 0 must stay representable
-            x_min = tf.minimum(x_min, 0.0)
-            x_max = tf.maximum(x_max, x_min + MIN_RANGE)
-        return x_min, x_max
+        # Exactly the range the training path hands to the FakeQuant op. An offset above 0 (or
+        # a range below 0) needs no clamping here: TF's nudging moves the grid, keeping the
+        # learned step, so that 0 is representable, in training, inference and QuantParams.
+        return lsq_range(tf.abs(self.step_size.value) + 1e-12, offset,
+                         bits=self.spec.bits, narrow_range=self.spec.narrow_range,
+                         symmetric=self.symmetric)
 
     def _initial_values(self, x):
         lo, hi = lsq_levels(self.spec.bits, self.spec.narrow_range, self.symmetric)
-        axes = self.reduce_axes(x)
         if self.symmetric:
-            mean_abs = replica_mean(tf.reduce_mean(tf.abs(x), axis=axes))
+            mean_abs = replica_mean(self.channel_reduce(tf.abs(x), tf.reduce_mean))
             step = 2.0 * mean_abs / math.sqrt(hi)
             return tf.maximum(step, MIN_RANGE), None
-        b_min = replica_all_gather_reduce(tf.reduce_min(x, axis=axes), tf.reduce_min)
-        b_max = replica_all_gather_reduce(tf.reduce_max(x, axis=axes), tf.reduce_max)
+        b_min, b_max = self.batch_min_max(x)
         b_min = tf.minimum(b_min, 0.0)
         step = tf.maximum((tf.maximum(b_max, 0.0) - b_min) / float(hi - lo), MIN_RANGE)
         return step, b_min

@@ -1,0 +1,58 @@
+"""The folded float model: BatchNorm folded into weights, fake-quant removed."""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+
+from tfquant.layers.wrapper import QuantizeWrapper
+from tfquant.quantizers import Quantizer
+
+
+def folded_float_model(qmodel: keras.Model) -> keras.Model:
+    """A float copy of ``qmodel`` with every quantizer removed and folded BNs merged.
+
+    Weighted layers hold ``W * gamma / sigma`` and the bias ``(b - mean) * gamma / sigma +
+    beta``, exactly the tensors TFLite sees; their names are those of the float layers, so an
+    encodings file can refer to them.
+
+    Example:
+        >>> float_model = folded_float_model(qat)
+    """
+    def clone(layer):
+        if isinstance(layer, Quantizer):
+            return keras.layers.Identity(name=layer.name)
+        if not isinstance(layer, QuantizeWrapper):
+            return layer.__class__.from_config(layer.get_config())
+        inner = layer.layer
+        config = inner.get_config()
+        if layer.batchnorm is not None and "use_bias" in config:
+            config["use_bias"] = True
+        return inner.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        accepted = inspect.signature(layer.call).parameters
+        if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        return layer(*args, **kwargs)
+
+    pairs = []
+
+    def record(layer):
+        new = clone(layer)
+        pairs.append((layer, new))
+        return new
+
+    float_model = keras.models.clone_model(qmodel, clone_function=record, call_function=call)
+    for old, new in pairs:
+        if isinstance(old, QuantizeWrapper):
+            weights = old.folded_weights()
+            values = [weights[attr].numpy() for attr, _ in old.rule.weights]
+            bias = old.folded_bias()
+            if bias is not None:
+                values.append(bias.numpy())
+            new.set_weights(values)
+        elif not isinstance(old, Quantizer) and old.weights:
+            new.set_weights(old.get_weights())
+    return float_model
