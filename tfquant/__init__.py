@@ -11,6 +11,8 @@ import os as _os
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from tfquant import export  # noqa: E402
+from tfquant import ptq  # noqa: E402  (a callable package: tfquant.ptq(model, data))
+from tfquant.ptq import calibrate, dynamic_range  # noqa: E402
 from tfquant.annotate import (quantize_annotate_layer, quantize_annotate_model,  # noqa: E402
                               quantize_apply, quantize_model)
 from tfquant.layers import QuantizeAnnotate, QuantizeWrapper, register_layer  # noqa: E402
@@ -26,5 +28,5 @@ __all__ = [
     "quantize_model", "quantize_annotate_layer", "quantize_annotate_model", "quantize_apply",
     "QuantizeAnnotate", "QuantizeWrapper", "register_layer", "QuantParams", "Quantizer",
     "MinMaxQuantizer", "LSQQuantizer", "PACTQuantizer", "QuantizationReport", "LayerSpec",
-    "QuantConfig", "TensorSpec", "export",
+    "QuantConfig", "TensorSpec", "export", "ptq", "calibrate", "dynamic_range",
 ]

@@ -121,13 +121,30 @@ def _check_model(model: Any) -> None:
             f"model {model.name!r} is a subclassed model ({type(model).__name__}): tfquant "
             "needs the layer graph, so build it with the Functional API or Sequential "
             "(or quantize its Functional sub-models).")
-    if isinstance(model, keras.Sequential) and not model.inputs:
+    if isinstance(model, keras.Sequential) and not _sequential_inputs(model):
         raise ValueError(f"Sequential model {model.name!r} is not built: give it an "
                          "keras.Input(shape) first layer or call build(input_shape).")
     for layer in _walk_layers(model):
         if isinstance(layer, (QuantizeWrapper, Quantizer)):
             raise ValueError(f"model {model.name!r} is already quantized (layer "
                              f"{layer.name!r}); pass the float model.")
+
+
+def _sequential_inputs(model: keras.Sequential):
+    try:
+        return model.inputs
+    except AttributeError:  # Keras 3 raises when a Sequential has no defined inputs yet
+        return None
+
+
+def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    """A new, unbuilt instance of ``layer`` with the same configuration (no weights yet)."""
+    if isinstance(layer, keras.layers.Lambda):
+        # Share the Python function: rebuilding it from its config deserialises bytecode, which
+        # safe mode refuses (and which would lose the function's globals).
+        return keras.layers.Lambda(layer.function, output_shape=layer._output_shape,
+                                   mask=layer.mask, arguments=layer.arguments, name=layer.name)
+    return layer.__class__.from_config(layer.get_config())
 
 
 def _walk_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:
@@ -156,7 +173,7 @@ def _flat_copy(model: keras.Model):
             new = copy(op.layer)
             annotations[id(new)] = op.spec
         elif isinstance(op, keras.layers.Layer):
-            new = op.__class__.from_config(op.get_config())
+            new = _copy_layer(op)
             pairs.append((op, new))
         else:  # a stateless keras.ops operation
             new = op
@@ -289,8 +306,10 @@ def _single_consumer(op, consumers):
 
 def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
     bn = _single_consumer(op, consumers)
+    # Only a linear layer can absorb a BN: BN(act(conv)) != act(BN(conv)).
     if not (isinstance(bn, keras.layers.BatchNormalization) and decision.spec.fold_bn
             and rule_for(op).foldable and _num_nodes(bn) == 1
+            and activation_name(getattr(op, "activation", None)) == "linear"
             and plan[id(bn)].action in ("quantize", "float")
             and plan[id(bn)].reason != "skipped by config"):
         return op
@@ -324,11 +343,18 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
     plan = _plan(flat, config, annotations, annotate_all)
     by_new_layer: dict[int, _Decision] = {}
     originals: dict[int, Any] = {}
+    copied: list[tuple[Any, Any]] = []
 
     def clone(layer):
         decision = plan.get(id(layer))
         if decision is None or decision.action in ("passthrough", "float"):
             new = layer
+            if isinstance(layer, keras.layers.Layer) and not isinstance(layer,
+                                                                        keras.layers.InputLayer):
+                # a fresh copy, so the layer belongs to the quantized graph only and
+                # ``qmodel.get_layer(name).output`` is a tensor of that graph
+                new = _copy_layer(layer)
+                copied.append((layer, new))
         elif decision.action == "fold":
             new = keras.layers.Identity(name=layer.name)
         else:
@@ -382,6 +408,8 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
         return outputs
 
     qmodel = keras.models.clone_model(flat, clone_function=clone, call_function=call)
+    for old, new in copied:
+        new.set_weights(old.get_weights())
     qmodel.quantization_report = _report(flat, plan, config)
     return qmodel
 

@@ -92,6 +92,14 @@ class Quantizer(keras.layers.Layer):
     def quantize_training(self, x: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
+    def set_range(self, x_min, x_max) -> None:
+        """Sets the range to cover ``[x_min, x_max]`` (scalars or one value per channel).
+
+        The quantizer applies its own rules on top (0 inside the range, symmetric when its spec
+        says so), as for a range it learned; PTQ calibration uses this to hand over ranges.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot take a calibrated range")
+
     # --------------------------------------------------------------- helpers
     def reduce_axes(self, x: tf.Tensor) -> list[int]:
         """Axes reduced when taking statistics (all but the channel axes)."""
@@ -147,12 +155,18 @@ class Quantizer(keras.layers.Layer):
         return step >= self.spec.freeze_step
 
     # ------------------------------------------------------------------ call
+    # Set (per instance) by tfquant.ptq.calibrate.intercept: ``hook(quantizer, x)`` replaces
+    # the fake-quant op while it is set (calibration observes and passes values through).
+    calibration_hook = None
+
     def call(self, x, training=None):
         if not self.enabled:
             return x
         x = tf.convert_to_tensor(x)
         if x.dtype != tf.float32:
             x = tf.cast(x, tf.float32)
+        if self.calibration_hook is not None:
+            return self.calibration_hook(self, x)
         if training:
             # Snapshot the counter: ``self.steps.value`` is the variable itself, and reading it
             # after ``assign_add`` would see the incremented count (step 0 would never occur).

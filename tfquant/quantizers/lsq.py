@@ -58,10 +58,29 @@ class LSQQuantizer(Quantizer):
                          bits=self.spec.bits, narrow_range=self.spec.narrow_range,
                          symmetric=self.symmetric)
 
+    def set_range(self, x_min, x_max) -> None:
+        """Sets step (and offset) so the quantizer covers ``[x_min, x_max]`` (PTQ calibration).
+
+        Symmetric: ``step = max(-x_min, x_max) / Q_P``; LSQ+: ``offset = min(x_min, 0)``,
+        ``step = (max(x_max, 0) - offset) / levels``. Marks the quantizer initialised, so QAT
+        fine-tuning starts from this range.
+        """
+        lo, hi = lsq_levels(self.spec.bits, self.spec.narrow_range, self.symmetric)
+        x_min = tf.minimum(tf.cast(x_min, tf.float32), 0.0)
+        x_max = tf.maximum(tf.cast(x_max, tf.float32), 0.0)
+        if self.symmetric:
+            step = tf.maximum(-x_min, x_max) / float(hi)
+        else:
+            step = (x_max - x_min) / float(hi - lo)
+            self.offset.assign(tf.broadcast_to(x_min, self.offset.shape))
+        self.step_size.assign(tf.broadcast_to(tf.maximum(step, MIN_RANGE), self.step_size.shape))
+        self.initialized.assign(True)
+
     def _initial_values(self, x):
         lo, hi = lsq_levels(self.spec.bits, self.spec.narrow_range, self.symmetric)
         if self.symmetric:
-            mean_abs = replica_mean(self.channel_reduce(tf.abs(x), tf.reduce_mean))
+            mean_abs = replica_mean(self.assert_finite(
+                self.channel_reduce(tf.abs(x), tf.reduce_mean)))
             step = 2.0 * mean_abs / math.sqrt(hi)
             return tf.maximum(step, MIN_RANGE), None
         b_min, b_max = self.batch_min_max(x)
@@ -88,7 +107,7 @@ class LSQQuantizer(Quantizer):
         _, hi = lsq_levels(self.spec.bits, self.spec.narrow_range, self.symmetric)
         per_step = 1
         for a in self.reduce_axes(x):
-            if self.axis is None and a == 0:
+            if self.axis is None and a == 0 and not self.for_weights:
                 continue  # activations: N counts features of one sample
             per_step *= int(x.shape[a]) if x.shape[a] is not None else 1
         grad_scale = 1.0 / math.sqrt(max(per_step, 1) * hi)

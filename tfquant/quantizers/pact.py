@@ -32,6 +32,12 @@ class PACTQuantizer(Quantizer):
         alpha = tf.maximum(self.alpha.value, MIN_RANGE)
         return tf.zeros_like(alpha), alpha
 
+    def set_range(self, x_min, x_max) -> None:
+        """Sets the clipping level ``alpha = x_max`` (PACT's range starts at 0; PTQ calibration).
+        """
+        alpha = tf.maximum(tf.cast(x_max, tf.float32), MIN_RANGE)
+        self.alpha.assign(tf.broadcast_to(alpha, self.alpha.shape))
+
     def quantize_training(self, x, step):
         alpha = self.alpha.value
         frozen = self.frozen(step)
