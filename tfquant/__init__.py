@@ -10,7 +10,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfquant import export  # noqa: E402
+from tfquant import analysis, export  # noqa: E402
 from tfquant import ptq  # noqa: E402  (a callable package: tfquant.ptq(model, data))
 from tfquant.ptq import calibrate, dynamic_range  # noqa: E402
 from tfquant.annotate import (quantize_annotate_layer, quantize_annotate_model,  # noqa: E402
@@ -29,4 +29,5 @@ __all__ = [
     "QuantizeAnnotate", "QuantizeWrapper", "register_layer", "QuantParams", "Quantizer",
     "MinMaxQuantizer", "LSQQuantizer", "PACTQuantizer", "QuantizationReport", "LayerSpec",
     "QuantConfig", "TensorSpec", "export", "ptq", "calibrate", "dynamic_range",
+    "analysis",
 ]

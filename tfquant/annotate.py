@@ -194,7 +194,9 @@ def _flat_copy(model: keras.Model):
         return copy(op)(*args, **kwargs)
 
     outputs = inline(model, inputs)
-    flat = keras.Model(inputs, outputs, name=model.name)
+    # Keep the input structure of the user's model: a bare tensor for single-input models.
+    structure = inputs if isinstance(model.input, (list, tuple, dict)) else inputs[0]
+    flat = keras.Model(structure, outputs, name=model.name)
     for old, new in pairs:
         new.set_weights(old.get_weights())
     return flat, annotations
@@ -262,6 +264,10 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
         if spec.skip:
             plan[id(op)] = _Decision("float", spec=spec, reason="skipped by config")
             continue
+        if spec.activations is not None and spec.activations.per_axis:
+            raise ValueError(f"layer {op.name!r}: per_axis=True was requested for its "
+                             "activations (its output and the inputs it quantizes), which have "
+                             "no channel axis; use per_axis=False there.")
         if rule.kind != "weighted" and spec.activations is None:
             plan[id(op)] = _Decision("float", spec=spec, reason="activation quantization off")
             continue
