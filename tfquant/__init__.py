@@ -17,8 +17,11 @@ from tfquant.annotate import (quantize_annotate_layer, quantize_annotate_model, 
                               quantize_apply, quantize_model)
 from tfquant.layers import QuantizeAnnotate, QuantizeWrapper, register_layer  # noqa: E402
 from tfquant.qparams import QuantParams  # noqa: E402
-from tfquant.quantizers import (LSQQuantizer, MinMaxQuantizer, PACTQuantizer,  # noqa: E402
-                                Quantizer)
+from tfquant.compat import quantization, quantize_scope  # noqa: E402
+from tfquant.config_list import from_config_list  # noqa: E402
+from tfquant.quantizers import (BinaryQuantizer, DoReFaQuantizer, LSQQuantizer,  # noqa: E402
+                                MinMaxQuantizer, PACTQuantizer, Quantizer, TernaryQuantizer)
+from tfquant.quantizers.binary import LatentWeightClip, constrain_latent_weights  # noqa: E402
 from tfquant.report import QuantizationReport  # noqa: E402
 from tfquant.specs import LayerSpec, QuantConfig, TensorSpec  # noqa: E402
 
@@ -29,5 +32,6 @@ __all__ = [
     "QuantizeAnnotate", "QuantizeWrapper", "register_layer", "QuantParams", "Quantizer",
     "MinMaxQuantizer", "LSQQuantizer", "PACTQuantizer", "QuantizationReport", "LayerSpec",
     "QuantConfig", "TensorSpec", "export", "ptq", "calibrate", "dynamic_range",
-    "analysis",
+    "analysis", "quantization", "quantize_scope", "from_config_list", "BinaryQuantizer",
+    "DoReFaQuantizer", "TernaryQuantizer", "LatentWeightClip", "constrain_latent_weights",
 ]

@@ -54,13 +54,13 @@ def quantize_annotate_model(model: keras.Model) -> keras.Model:
         >>> annotated = quantize_annotate_model(model)
         >>> qmodel = quantize_apply(annotated, config="tflite_int8")
     """
-    flat, _ = _flat_copy(model)
+    flat, annotations = _flat_copy(model)
 
     def clone(layer):
         rule = rule_for(layer) if isinstance(layer, keras.layers.Layer) else None
         if rule is None or rule.kind == "passthrough":
             return layer
-        return QuantizeAnnotate(layer)
+        return QuantizeAnnotate(layer, annotations.get(id(layer)))  # keep a layer's own spec
 
     return keras.models.clone_model(flat, clone_function=clone)
 
@@ -195,7 +195,10 @@ def _flat_copy(model: keras.Model):
 
     outputs = inline(model, inputs)
     # Keep the input structure of the user's model: a bare tensor for single-input models.
-    structure = inputs if isinstance(model.input, (list, tuple, dict)) else inputs[0]
+    # (Keras 3 Sequential models have no ``input`` node: they always take one tensor.)
+    multi_input = not isinstance(model, keras.Sequential) and isinstance(
+        model.input, (list, tuple, dict))
+    structure = inputs if multi_input else inputs[0]
     flat = keras.Model(structure, outputs, name=model.name)
     for old, new in pairs:
         new.set_weights(old.get_weights())

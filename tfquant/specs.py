@@ -179,6 +179,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         TensorSpec(bits=4, symmetric=True, per_axis=True, narrow_range=True, learner="minmax"),
         TensorSpec(bits=4, learner="pact", init_min=0.0, init_max=6.0,
                    regularization=1e-4)), "first_last_bits": 8, "by_type": _TFLITE_TYPES},
+    # NNI's NaiveQuantizer: weight-only, per-tensor symmetric 8-bit, activations stay float.
+    "naive_w8": {"global": LayerSpec(_WEIGHTS_INT8.replace(per_axis=False), None)},
 }
 
 
@@ -231,6 +233,12 @@ class QuantConfig:
             raise ValueError(f"unknown config preset {name!r}; available: {sorted(PRESETS)}.")
         p = PRESETS[name]
         return cls(p["global"], by_type=p.get("by_type"), first_last_bits=p.get("first_last_bits"))
+
+    @classmethod
+    def from_config_list(cls, config_list, **kwargs) -> "QuantConfig":
+        """An NNI-style config list; see :func:`tfquant.config_list.from_config_list`."""
+        from tfquant.config_list import from_config_list
+        return from_config_list(config_list, **kwargs)
 
     @classmethod
     def coerce(cls, config: "QuantConfig | str | Mapping | None") -> "QuantConfig":

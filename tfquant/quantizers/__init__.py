@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from tfquant.quantizers.base import Quantizer
+from tfquant.quantizers.binary import BinaryQuantizer, TernaryQuantizer
+from tfquant.quantizers.dorefa import DoReFaQuantizer
 from tfquant.quantizers.lsq import LSQQuantizer
 from tfquant.quantizers.minmax import MinMaxQuantizer
 from tfquant.quantizers.pact import PACTQuantizer
@@ -17,6 +19,9 @@ QUANTIZER_CLASSES: dict[str, type[Quantizer]] = {
     "lsq": LSQQuantizer,
     "lsq_plus": LSQQuantizer,
     "pact": PACTQuantizer,
+    "dorefa": DoReFaQuantizer,
+    "binary": BinaryQuantizer,
+    "ternary": TernaryQuantizer,
 }
 
 
@@ -36,4 +41,4 @@ def make_quantizer(spec: TensorSpec, axis: int | Sequence[int] | None = None,
 
 
 __all__ = ["Quantizer", "MinMaxQuantizer", "LSQQuantizer", "PACTQuantizer", "make_quantizer",
-           "QUANTIZER_CLASSES"]
+           "QUANTIZER_CLASSES", "DoReFaQuantizer", "BinaryQuantizer", "TernaryQuantizer"]
