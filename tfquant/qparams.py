@@ -57,9 +57,9 @@ def nudge(x_min: Any, x_max: Any, bits: int, narrow_range: bool):
         the unsigned grid ``[qmin, qmax]`` of :func:`unsigned_grid` and holds whole numbers.
 
     Example:
-        >>> s, zp, lo, hi = nudge(-1.0, 1.0, 8, False)
+        >>> s, zp, lo, hi = nudge(-1.0, 1.0, 8, False)  # 1 / float32(2/255) = 127.49999
         >>> float(zp)
-        128.0
+        127.0
     """
     qmin, qmax = unsigned_grid(bits, narrow_range)
     qmin_f = tf.constant(qmin, tf.float32)
@@ -96,9 +96,9 @@ class QuantParams:
         max: the float range maximum (after nudging).
 
     Example:
-        >>> p = QuantParams.from_min_max(-1.0, 1.0, bits=8)
+        >>> p = QuantParams.from_min_max(-1.0, 1.0, bits=8, narrow_range=True)
         >>> int(p.zero_point), p.qmin, p.qmax
-        (0, -128, 127)
+        (0, -127, 127)
     """
 
     scale: np.ndarray

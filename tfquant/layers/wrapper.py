@@ -102,10 +102,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if not self.layer.built:
             self.layer.build(input_shape)
         if self.batchnorm is not None and not self.batchnorm.built:
-            self.batchnorm.build(self.layer.compute_output_shape(input_shape))
+            self.batchnorm.build(self.compute_output_shape(input_shape))
         for attr, quantizer in self.weight_quantizers.items():
             quantizer.build(tuple(getattr(self.layer, attr).shape))
-        out_shape = self.layer.compute_output_shape(input_shape)
+        out_shape = self.compute_output_shape(input_shape)
         for quantizer in (self.intermediate_quantizer, self.pre_activation_quantizer,
                           self.output_quantizer):
             if quantizer is not None:
@@ -157,7 +157,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return y + bias
 
     # ------------------------------------------------------------------- call
+    def _step_counter(self):
+        """The training-step counter of this wrapper (its first quantizer's)."""
+        for quantizer in self.quantizers.values():
+            return quantizer.steps
+        raise ValueError(f"layer {self.layer.name!r}: bn_freeze_step needs at least one "
+                         "quantizer to count training steps.")
+
     def _weighted_call(self, x, training):
+        bn_step = None
+        if training and self.batchnorm is not None and self.spec.bn_freeze_step is not None:
+            # read before the quantizers count this step (0-based, like freeze_step)
+            bn_step = tf.identity(self._step_counter().value)
         weights = self.folded_weights()
         for attr, quantizer in self.weight_quantizers.items():
             weights[attr] = quantizer(weights[attr], training=training)
@@ -170,9 +181,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return self._add_bias(y, self.folded_bias())
         if not training:
             return self._add_bias(y, self.folded_bias())
-        return self._batchnorm_training(y)
+        return self._batchnorm_training(y, bn_step)
 
-    def _batchnorm_training(self, y):
+    def _batchnorm_training(self, y, bn_step=None):
         bn = self.batchnorm
         factor = self._fold_factor()
         safe = tf.where(tf.abs(factor) < 1e-12, tf.ones_like(factor) * 1e-12, factor)
@@ -184,10 +195,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return bn(unfolded, training=True)
 
         freeze = self.spec.bn_freeze_step
-        if freeze is None:
+        if freeze is None or bn_step is None:
             return batch_stats()
-        steps = next(iter(self.weight_quantizers.values())).steps
-        return tf.cond(steps < freeze, batch_stats,
+        return tf.cond(bn_step < freeze, batch_stats,
                        lambda: self._add_bias(y, self.folded_bias()))
 
     def call(self, inputs, training=None, mask=None):
@@ -205,7 +215,13 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return y
 
     def compute_output_shape(self, input_shape):
-        return self.layer.compute_output_shape(input_shape)
+        try:
+            return self.layer.compute_output_shape(input_shape)
+        except NotImplementedError:
+            # user layers (register_layer) often rely on Keras' symbolic shape inference
+            spec = keras.tree.map_shape_structure(keras.KerasTensor, input_shape)
+            out = self.layer.compute_output_spec(spec)
+            return keras.tree.map_structure(lambda t: t.shape, out)
 
     # --------------------------------------------------------- introspection
     @property
