@@ -1,0 +1,235 @@
+"""``IntegerModel``: runs the simulator IR as one XLA-compiled TensorFlow function.
+
+Example:
+    >>> sim = IntegerModel.from_tflite("model.tflite")               # doctest: +SKIP
+    >>> y = sim(x_int8)                                              # doctest: +SKIP
+    >>> every = sim.run(x_int8, return_all=True, key="name")         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfquant.simulate.graph import Graph, TensorInfo
+from tfquant.simulate.kernels import KERNELS
+from tfquant.simulate.tflite_reader import read_tflite
+
+FC_REQUANTIZE_AUTO = "auto"
+#: Target number of elements of the largest activation of one compiled call (see ``chunk_size``).
+CHUNK_ELEMENTS = 1 << 20
+
+
+def installed_fc_requantize() -> str:
+    """How the installed interpreter's reference FullyConnected requantises int8 outputs.
+
+    The reference kernel of LiteRT (ai-edge-litert 2.3) and of TensorFlow 2.21's
+    ``tf.lite.Interpreter`` computes ``round(acc * (double(s_in) * s_w / s_out))`` in double
+    ("double"); older TFLite releases, and the optimized kernels, use the fixed-point multiplier
+    like Conv ("fixed_point"). Both were checked against the installed interpreter; they differ
+    by one LSB on some outputs.
+    """
+    return "double"
+
+
+class IntegerModel:
+    """An int8 model run with integer arithmetic (bit-exact with TFLite's reference kernels).
+
+    Build it with :meth:`from_tflite` (or from a :class:`~tfquant.simulate.graph.Graph`); call it
+    like a function. The whole graph runs inside ``tf.function(jit_compile=True)``; a batch of any
+    size can be given (the model's batch dimension is resized).
+
+    Args:
+        graph: the integer IR (see :mod:`tfquant.simulate.graph`).
+        chunk_size: samples per compiled call; larger batches are cut into chunks of this size
+            (padded, so one compiled shape serves every chunk). Default: from the activation
+            sizes, see :data:`CHUNK_ELEMENTS`.
+
+    Example:
+        >>> sim = IntegerModel.from_tflite(tflite_bytes)        # doctest: +SKIP
+        >>> logits = sim(np.zeros((256, 28, 28, 1), np.int8))   # doctest: +SKIP
+    """
+
+    def __init__(self, graph: Graph, chunk_size: int | None = None):
+        graph.validate()
+        self.graph = graph
+        self.chunk_size = chunk_size or self._default_chunk_size()
+        self._fn = tf.function(self._forward_outputs, jit_compile=True, autograph=False)
+        self._fn_all = tf.function(self._forward_all, jit_compile=True, autograph=False)
+
+    def _default_chunk_size(self) -> int:
+        """Largest power of two (<= 256) keeping one call's biggest activation near 2^20 values.
+
+        Large batches run as several XLA calls of this many samples: the intermediates then stay
+        in cache and below the allocator's mmap threshold, which is much faster on CPU.
+        """
+        largest = max((int(np.prod(self.graph.tensors[i].shape[1:], dtype=np.int64))
+                       for i in self.graph.activation_ids()), default=1)
+        chunk = 1
+        while chunk < 256 and (chunk * 2) * largest <= CHUNK_ELEMENTS:
+            chunk *= 2
+        return chunk
+
+    # -- construction --------------------------------------------------------------------------
+    @classmethod
+    def from_tflite(cls, model: str | os.PathLike | bytes,
+                    fc_requantize: str = FC_REQUANTIZE_AUTO,
+                    chunk_size: int | None = None) -> "IntegerModel":
+        """Parses a ``.tflite`` flatbuffer (path or bytes).
+
+        Args:
+            model: path or flatbuffer bytes of an int8 model (int8 or float32 I/O).
+            fc_requantize: ``"auto"`` (what the installed LiteRT reference kernel does),
+                ``"double"`` or ``"fixed_point"``.
+            chunk_size: samples per compiled call (default: chosen from the activation sizes).
+
+        Raises:
+            ValueError: the bytes are not a valid TFLite flatbuffer.
+            tfquant.simulate.UnsupportedModelError: listing all unsupported ops.
+
+        Example:
+            >>> sim = IntegerModel.from_tflite("m.tflite")   # doctest: +SKIP
+        """
+        if fc_requantize == FC_REQUANTIZE_AUTO:
+            fc_requantize = installed_fc_requantize()
+        return cls(read_tflite(model, fc_requantize=fc_requantize), chunk_size=chunk_size)
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        """The graph's input tensors (dtype, shape, scale, zero point)."""
+        return [self.graph.tensors[i] for i in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        """The graph's output tensors."""
+        return [self.graph.tensors[i] for i in self.graph.outputs]
+
+    @property
+    def tensor_names(self) -> dict[int, str]:
+        """Tensor id -> name for every tensor computed at run time."""
+        return {i: self.graph.tensors[i].name for i in self.graph.activation_ids()}
+
+    def tensor_index(self, name: str) -> int:
+        """The id of the run-time tensor called ``name``.
+
+        Raises:
+            KeyError: when no tensor (or more than one) has that name.
+        """
+        hits = [i for i, n in self.tensor_names.items() if n == name]
+        if len(hits) != 1:
+            raise KeyError(f"{len(hits)} tensors are named {name!r}")
+        return hits[0]
+
+    # -- execution -----------------------------------------------------------------------------
+    def _forward(self, xs: Sequence[tf.Tensor]) -> dict[int, tf.Tensor]:
+        env: dict[int, tf.Tensor] = {}
+        for index, value in self.graph.constants.items():
+            env[index] = tf.constant(value)
+        for index, x in zip(self.graph.inputs, xs):
+            env[index] = x
+        for op in self.graph.ops:
+            results = KERNELS[op.type](op, [env[i] for i in op.inputs])
+            for index, value in zip(op.outputs, results):
+                env[index] = value
+        return env
+
+    def _forward_outputs(self, *xs: tf.Tensor) -> list[tf.Tensor]:
+        env = self._forward(xs)
+        return [env[i] for i in self.graph.outputs]
+
+    def _forward_all(self, *xs: tf.Tensor) -> dict[str, tf.Tensor]:
+        env = self._forward(xs)
+        return {str(i): env[i] for i in self.graph.activation_ids()}
+
+    def _prepare(self, xs: Sequence[Any]) -> list[tf.Tensor]:
+        if len(xs) != len(self.graph.inputs):
+            raise ValueError(f"the model takes {len(self.graph.inputs)} inputs, got {len(xs)}")
+        prepared = []
+        for x, info in zip(xs, self.inputs):
+            arr = np.asarray(x)
+            if info.dtype == "int8":
+                if arr.dtype != np.int8:
+                    if not np.issubdtype(arr.dtype, np.integer):
+                        raise TypeError(f"input {info.name!r} is int8: give int8 (quantized) "
+                                        f"values, got {arr.dtype}")
+                    if arr.size and (arr.min() < -128 or arr.max() > 127):
+                        raise ValueError(f"input {info.name!r} values outside the int8 range")
+                    arr = arr.astype(np.int8)
+            else:
+                arr = arr.astype(info.dtype)
+            expected = tuple(info.shape[1:])
+            if arr.ndim == len(info.shape) - 1 and tuple(arr.shape) == expected:
+                arr = arr[None]
+            if arr.ndim != len(info.shape) or tuple(arr.shape[1:]) != expected:
+                raise ValueError(f"input {info.name!r} must have shape (batch, *{expected}), "
+                                 f"got {arr.shape}")
+            prepared.append(tf.convert_to_tensor(arr))
+        return prepared
+
+    def _chunks(self, prepared: list[tf.Tensor]):
+        """Yields ``(inputs, valid)`` per call: batches are cut into padded chunks of one size."""
+        batch = int(prepared[0].shape[0])
+        size = self.chunk_size
+        if batch <= size:
+            yield prepared, batch
+            return
+        for start in range(0, batch, size):
+            valid = min(size, batch - start)
+            parts = []
+            for x in prepared:
+                part = x[start:start + valid]
+                if valid < size:   # pad so that every call reuses the same compiled shape
+                    part = tf.concat([part, tf.zeros((size - valid, *part.shape[1:]), x.dtype)],
+                                     axis=0)
+                parts.append(part)
+            yield parts, valid
+
+    def __call__(self, *xs: Any) -> np.ndarray | list[np.ndarray]:
+        """Runs the model on a batch; returns the output array (a list for several outputs).
+
+        Args:
+            *xs: one array per model input, shaped ``(batch, ...)``: int8 values for int8 inputs,
+                float values for float inputs (the model's QUANTIZE op then runs).
+        """
+        pieces = [[y.numpy()[:valid] for y in self._fn(*parts)]
+                  for parts, valid in self._chunks(self._prepare(xs))]
+        outputs = [np.concatenate(p) for p in zip(*pieces)]
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def run(self, *xs: Any, return_all: bool = False,
+            key: str = "index") -> dict[Any, np.ndarray]:
+        """Runs the model and returns tensors by TFLite index or name.
+
+        Args:
+            *xs: the inputs, as for ``__call__``.
+            return_all: also return every intermediate tensor (graph inputs and op outputs).
+            key: ``"index"`` (tensor ids) or ``"name"`` (tensor names; an unnamed or repeated name
+                falls back to ``"#<index>"``).
+
+        Returns:
+            A dict mapping tensor index (or name) to a numpy array.
+
+        Example:
+            >>> acts = sim.run(x, return_all=True, key="name")   # doctest: +SKIP
+        """
+        if key not in ("index", "name"):
+            raise ValueError(f"key must be 'index' or 'name', got {key!r}")
+        pieces: dict[int, list[np.ndarray]] = {}
+        for parts, valid in self._chunks(self._prepare(xs)):
+            if return_all:
+                values = {int(k): v for k, v in self._fn_all(*parts).items()}
+            else:
+                values = dict(zip(self.graph.outputs, self._fn(*parts)))
+            for index, value in values.items():
+                pieces.setdefault(index, []).append(value.numpy()[:valid])
+        values = {index: np.concatenate(p) for index, p in pieces.items()}
+        if key == "index":
+            return values
+        names = [self.graph.tensors[i].name for i in values]
+        return {(self.graph.tensors[i].name if self.graph.tensors[i].name
+                 and names.count(self.graph.tensors[i].name) == 1 else f"#{i}"): v
+                for i, v in values.items()}

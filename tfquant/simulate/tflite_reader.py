@@ -1,0 +1,600 @@
+"""TFLite flatbuffer -> simulator IR (:class:`tfquant.simulate.graph.Graph`).
+
+The flatbuffer is parsed with the schema module that ships with LiteRT (``ai_edge_litert``) or
+TensorFlow, and every op of the main subgraph is turned into an IR op whose integer parameters
+come from :mod:`tfquant.simulate.builders`. Scales and zero points are read from the file, never
+re-derived.
+
+Example:
+    >>> graph = read_tflite("model.tflite")          # doctest: +SKIP
+    >>> [op.type for op in graph.ops][:2]            # doctest: +SKIP
+    ['CONV_2D', 'DEPTHWISE_CONV_2D']
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any, Callable
+
+import numpy as np
+
+from tfquant.simulate import builders as B
+from tfquant.simulate.graph import Graph, Op, TensorInfo
+
+try:  # the newest schema first
+    from ai_edge_litert import schema_py_generated as schema
+except ImportError:  # pragma: no cover - depends on the installation
+    from tensorflow.lite.python import schema_py_generated as schema
+
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_ACTIVATIONS = {v: k for k, v in vars(schema.ActivationFunctionType).items()
+                if not k.startswith("_")}
+_NUMPY_TYPES = {"FLOAT32": np.float32, "INT32": np.int32, "INT8": np.int8, "UINT8": np.uint8,
+                "INT64": np.int64, "INT16": np.int16, "FLOAT16": np.float16, "BOOL": np.bool_,
+                "FLOAT64": np.float64}
+_PADDING = {schema.Padding.SAME: "SAME", schema.Padding.VALID: "VALID"}
+
+
+_CORRUPTION_ERRORS = (IndexError, struct.error, TypeError, AttributeError, OverflowError, KeyError,
+                      UnicodeDecodeError, MemoryError, ZeroDivisionError, RecursionError)
+
+
+class UnsupportedModelError(NotImplementedError):
+    """The model uses ops (or op/type combinations) the simulator does not implement."""
+
+
+class _Unsupported(Exception):
+    """Internal: one op cannot be simulated (the reason ends up in UnsupportedModelError)."""
+
+
+def _load_bytes(model: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model)
+    with open(model, "rb") as f:
+        return f.read()
+
+
+def parse_model(buf: bytes) -> Any:
+    """Parses flatbuffer bytes into the schema's object API (``ModelT``).
+
+    Raises:
+        ValueError: when the bytes are not a TFLite model or are truncated/corrupt.
+    """
+    if len(buf) < 8:
+        raise ValueError(f"not a TFLite model: only {len(buf)} bytes")
+    if buf[4:8] != b"TFL3":
+        raise ValueError(f"not a TFLite flatbuffer: file identifier is {bytes(buf[4:8])!r}, "
+                         "expected b'TFL3'")
+    try:
+        root = schema.Model.GetRootAs(buf, 0)
+        model = schema.ModelT.InitFromObj(root)
+        if not model.subgraphs:
+            raise ValueError("the model has no subgraph")
+        _ = [t.name for t in model.subgraphs[0].tensors or []]
+    except ValueError as e:
+        raise ValueError(f"corrupt or truncated TFLite flatbuffer ({len(buf)} bytes): {e}") from e
+    except _CORRUPTION_ERRORS as e:
+        raise ValueError(f"corrupt or truncated TFLite flatbuffer ({len(buf)} bytes): "
+                         f"{type(e).__name__}: {e}") from e
+    return model
+
+
+class _Reader:
+    def __init__(self, buf: bytes, fc_requantize: str):
+        self.buf = buf
+        self.fc_requantize = fc_requantize
+        self.model = parse_model(buf)
+        self.subgraph = self.model.subgraphs[0]
+        self.tensors = self.subgraph.tensors or []
+        self.graph = Graph()
+
+    # -- tensors -------------------------------------------------------------------------------
+    def type_name(self, index: int) -> str:
+        return _TYPE_NAMES.get(self.tensors[index].type, f"type{self.tensors[index].type}")
+
+    def dtype(self, index: int) -> str:
+        name = self.type_name(index)
+        if name not in _NUMPY_TYPES:
+            raise _Unsupported(f"tensor type {name}")
+        return np.dtype(_NUMPY_TYPES[name]).name
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        shape = self.tensors[index].shape
+        return tuple(int(d) for d in (shape if shape is not None else []))
+
+    def signature(self, index: int) -> tuple[int, ...]:
+        sig = self.tensors[index].shapeSignature
+        return tuple(int(d) for d in sig) if sig is not None and len(sig) else self.shape(index)
+
+    def name(self, index: int) -> str:
+        name = self.tensors[index].name
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", errors="replace")
+        return name or ""
+
+    def qparams(self, index: int) -> tuple[Any, Any, int]:
+        q = self.tensors[index].quantization
+        if q is None or q.scale is None or len(q.scale) == 0:
+            return None, None, 0
+        scale = np.asarray(q.scale, np.float32)
+        zp = np.asarray(q.zeroPoint if q.zeroPoint is not None else np.zeros_like(scale), np.int64)
+        if scale.size == 1:
+            return np.float32(scale[0]), int(zp.reshape(-1)[0]), 0
+        return scale, zp, int(q.quantizedDimension)
+
+    def scale_zp(self, index: int) -> tuple[np.float32, int]:
+        scale, zp, _ = self.qparams(index)
+        if scale is None:
+            raise _Unsupported(f"tensor {self.name(index)!r} is not quantized")
+        if np.ndim(scale):
+            raise _Unsupported(f"activation {self.name(index)!r} has per-channel parameters")
+        return scale, zp
+
+    def constant(self, index: int) -> np.ndarray | None:
+        if index < 0:
+            return None
+        tensor = self.tensors[index]
+        buffers = self.model.buffers or []
+        if tensor.buffer <= 0 or tensor.buffer >= len(buffers):
+            return None
+        buffer = buffers[tensor.buffer]
+        if buffer.data is not None and len(buffer.data):
+            raw = np.asarray(buffer.data, np.uint8).tobytes()
+        elif buffer.offset > 1 and buffer.size:
+            raw = self.buf[buffer.offset:buffer.offset + buffer.size]
+        else:
+            return None
+        dtype = np.dtype(_NUMPY_TYPES.get(self.type_name(index), np.uint8))
+        shape = self.shape(index)
+        try:
+            return np.frombuffer(raw, dtype).reshape(shape).copy()
+        except ValueError as e:
+            raise ValueError(f"corrupt TFLite flatbuffer: buffer of tensor {index} "
+                             f"({len(raw)} bytes) does not match shape {shape} {dtype}") from e
+
+    def need_constant(self, index: int, what: str) -> np.ndarray:
+        value = self.constant(index)
+        if value is None:
+            raise _Unsupported(f"{what} must be a constant tensor")
+        return value
+
+    def add_activation(self, index: int) -> None:
+        if index in self.graph.tensors:
+            return
+        scale, zp, axis = self.qparams(index)
+        self.graph.add_tensor(TensorInfo(index, self.name(index), self.dtype(index),
+                                         self.shape(index), scale, zp, axis))
+
+    def operand(self, index: int) -> int:
+        """Registers an op input (activation or constant operand) and returns its id."""
+        value = self.constant(index)
+        if value is not None:
+            self.graph.constants[index] = value
+            scale, zp, axis = self.qparams(index)
+            self.graph.add_tensor(TensorInfo(index, self.name(index), self.dtype(index),
+                                             self.shape(index), scale, zp, axis))
+        else:
+            self.add_activation(index)
+        return index
+
+    def expect(self, index: int, *dtypes: str) -> None:
+        dtype = self.dtype(index)
+        if dtype not in dtypes:
+            raise _Unsupported(f"{dtype} tensors (only {'/'.join(dtypes)} are simulated)")
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self) -> Graph:
+        codes = self.model.operatorCodes or []
+        problems: list[str] = []
+        pending = []
+        for position, op in enumerate(self.subgraph.operators or []):
+            if op.opcodeIndex >= len(codes):
+                raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses opcode "
+                                 f"{op.opcodeIndex} of {len(codes)}")
+            code = codes[op.opcodeIndex]
+            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+            name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+            if name == "CUSTOM":
+                custom = code.customCode
+                name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+            handler = _HANDLERS.get(name)
+            if handler is None:
+                problems.append(name)
+                continue
+            pending.append((position, name, op, handler))
+        for position, name, op, handler in pending:
+            inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
+            outputs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+            try:
+                for i in inputs + outputs:
+                    if i >= len(self.tensors):
+                        raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses "
+                                         f"tensor {i} of {len(self.tensors)}")
+                ir_op = handler(self, name, op, inputs, outputs)
+            except _Unsupported as e:
+                problems.append(f"{name} ({e})")
+                continue
+            ir_op.name = self.name(outputs[0]) if outputs else ""
+            for o in outputs:
+                self.add_activation(o)
+            self.graph.ops.append(ir_op)
+        if problems:
+            unique = list(dict.fromkeys(problems))
+            raise UnsupportedModelError(
+                "the integer simulator does not support these ops of the model: "
+                + ", ".join(unique))
+        self.graph.inputs = [int(i) for i in self.subgraph.inputs]
+        self.graph.outputs = [int(i) for i in self.subgraph.outputs]
+        for i in self.graph.inputs:
+            self.add_activation(i)
+        self.graph.validate()
+        return self.graph
+
+    def activation(self, options: Any) -> str:
+        code = getattr(options, "fusedActivationFunction", 0) if options is not None else 0
+        name = _ACTIVATIONS.get(code, str(code))
+        if name not in B.ACTIVATIONS:
+            raise _Unsupported(f"fused activation {name}")
+        return name
+
+    def batched_shape(self, index: int) -> list[int]:
+        """Static shape of an op output with -1 at the batch position (for reshapes)."""
+        sig = list(self.signature(index))
+        if sig.count(-1) == 1:
+            return sig
+        shape = list(self.shape(index))
+        if shape and shape[0] == 1:
+            shape[0] = -1
+        return shape
+
+
+# ----------------------------------------------------------------------------------------------
+# op handlers: (reader, op name, operator, input ids, output ids) -> IR op
+# ----------------------------------------------------------------------------------------------
+Handler = Callable[[_Reader, str, Any, list, list], Op]
+_HANDLERS: dict[str, Handler] = {}
+
+
+def _handles(*names: str) -> Callable[[Handler], Handler]:
+    def wrap(fn: Handler) -> Handler:
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+    return wrap
+
+
+def _int8_io(r: _Reader, x: int, y: int) -> tuple[np.float32, int, np.float32, int]:
+    r.expect(x, "int8")
+    r.expect(y, "int8")
+    s_in, zp_in = r.scale_zp(x)
+    s_out, zp_out = r.scale_zp(y)
+    return s_in, zp_in, s_out, zp_out
+
+
+def _bias(r: _Reader, inputs: list, channels: int) -> np.ndarray | None:
+    if len(inputs) < 3 or inputs[2] < 0:
+        return None
+    bias = r.need_constant(inputs[2], "bias")
+    if bias.dtype != np.int32:
+        raise _Unsupported(f"{bias.dtype} bias")
+    return bias.astype(np.int64).reshape(channels)
+
+
+def _filter(r: _Reader, index: int) -> np.ndarray:
+    filt = r.need_constant(index, "filter")
+    if filt.dtype != np.int8:
+        raise _Unsupported(f"{filt.dtype} weights")
+    return filt
+
+
+@_handles("CONV_2D")
+def _conv_2d(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    filt = _filter(r, inputs[1])
+    scales, _, _ = r.qparams(inputs[1])
+    channels = filt.shape[0]
+    m, e = B.conv_multipliers(s_in, scales, s_out, channels)
+    o = op.builtinOptions
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    return Op("CONV_2D", (r.operand(x),), (y,), {
+        "filter": filt, "bias": _bias(r, inputs, channels), "multiplier": m, "shift": e,
+        "input_zp": zp_in, "output_zp": zp_out, "act_min": act_min, "act_max": act_max,
+        "strides": (int(o.strideH), int(o.strideW)),
+        "dilations": (int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)),
+        "padding": _PADDING[o.padding]})
+
+
+@_handles("DEPTHWISE_CONV_2D")
+def _depthwise_conv_2d(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    filt = _filter(r, inputs[1])
+    scales, _, _ = r.qparams(inputs[1])
+    channels = filt.shape[3]
+    m, e = B.conv_multipliers(s_in, scales, s_out, channels)
+    o = op.builtinOptions
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    in_channels = r.shape(x)[-1]
+    return Op("DEPTHWISE_CONV_2D", (r.operand(x),), (y,), {
+        "filter": filt, "bias": _bias(r, inputs, channels), "multiplier": m, "shift": e,
+        "depth_multiplier": channels // max(in_channels, 1),
+        "input_zp": zp_in, "output_zp": zp_out, "act_min": act_min, "act_max": act_max,
+        "strides": (int(o.strideH), int(o.strideW)),
+        "dilations": (int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)),
+        "padding": _PADDING[o.padding]})
+
+
+@_handles("FULLY_CONNECTED")
+def _fully_connected(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    o = op.builtinOptions
+    if o is not None and int(o.weightsFormat) != 0:
+        raise _Unsupported("shuffled weights format")
+    filt = _filter(r, inputs[1])
+    scales, filter_zp, _ = r.qparams(inputs[1])
+    channels = filt.shape[0]
+    m, e, real = B.fc_multipliers(s_in, scales, s_out, channels)
+    per_channel = np.ndim(scales) > 0
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    return Op("FULLY_CONNECTED", (r.operand(x),), (y,), {
+        "filter": filt.reshape(channels, -1),
+        "filter_zp": 0 if per_channel else int(filter_zp or 0),
+        "bias": _bias(r, inputs, channels), "multiplier": m, "shift": e, "real_multiplier": real,
+        "requantize": r.fc_requantize, "input_zp": zp_in, "output_zp": zp_out,
+        "act_min": act_min, "act_max": act_max,
+        "keep_num_dims": bool(o.keepNumDims) if o is not None else False})
+
+
+@_handles("ADD", "SUB")
+def _add_sub(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    a, b, y = inputs[0], inputs[1], outputs[0]
+    for t in (a, b, y):
+        r.expect(t, "int8")
+    (s1, zp1), (s2, zp2), (so, zpo) = r.scale_zp(a), r.scale_zp(b), r.scale_zp(y)
+    params = B.add_sub_params(s1, zp1, s2, zp2, so, zpo, r.activation(op.builtinOptions))
+    return Op(name, (r.operand(a), r.operand(b)), (y,), params)
+
+
+@_handles("MUL")
+def _mul(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    a, b, y = inputs[0], inputs[1], outputs[0]
+    for t in (a, b, y):
+        r.expect(t, "int8")
+    (s1, zp1), (s2, zp2), (so, zpo) = r.scale_zp(a), r.scale_zp(b), r.scale_zp(y)
+    params = B.mul_params(s1, zp1, s2, zp2, so, zpo, r.activation(op.builtinOptions))
+    return Op("MUL", (r.operand(a), r.operand(b)), (y,), params)
+
+
+@_handles("CONCATENATION")
+def _concatenation(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    y = outputs[0]
+    r.expect(y, "int8")
+    s_out, zp_out = r.scale_zp(y)
+    for t in inputs:
+        r.expect(t, "int8")
+        if r.scale_zp(t) != (s_out, zp_out):
+            raise _Unsupported("inputs with other scales than the output (TFLite rejects int8 "
+                               "concatenation that would need rescaling)")
+    o = op.builtinOptions
+    rank = len(r.shape(y))
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    return Op("CONCATENATION", tuple(r.operand(t) for t in inputs), (y,),
+              {"axis": int(o.axis) % rank, "act_min": act_min, "act_max": act_max})
+
+
+@_handles("AVERAGE_POOL_2D", "MAX_POOL_2D")
+def _pool(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    o = op.builtinOptions
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    return Op(name, (r.operand(x),), (y,), {
+        "filter": (int(o.filterHeight), int(o.filterWidth)),
+        "strides": (int(o.strideH), int(o.strideW)), "padding": _PADDING[o.padding],
+        "act_min": act_min, "act_max": act_max})
+
+
+@_handles("MEAN")
+def _mean(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    rank = len(r.shape(x))
+    axes = sorted({int(a) % rank for a in r.need_constant(inputs[1], "MEAN axes").reshape(-1)})
+    if 0 in axes:
+        raise _Unsupported("reduction over the batch dimension")
+    n = int(np.prod([r.shape(x)[a] for a in axes]))
+    params = B.mean_params(s_in, zp_in, s_out, zp_out, n)
+    params.update(axes=tuple(axes), keep_dims=bool(op.builtinOptions.keepDims))
+    return Op("MEAN", (r.operand(x),), (y,), params)
+
+
+def _same_params(r: _Reader, x: int, y: int) -> None:
+    if r.dtype(x) != r.dtype(y):
+        raise _Unsupported(f"{r.dtype(x)} -> {r.dtype(y)}")
+    if r.dtype(x) == "int8" and r.scale_zp(x) != r.scale_zp(y):
+        raise _Unsupported("input and output quantization differ")
+
+
+@_handles("RESHAPE")
+def _reshape(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    return Op("RESHAPE", (r.operand(x),), (y,), {"new_shape": tuple(r.batched_shape(y))})
+
+
+@_handles("SQUEEZE")
+def _squeeze(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    shape = r.shape(x)
+    dims = op.builtinOptions.squeezeDims if op.builtinOptions is not None else None
+    if dims is None or len(dims) == 0:
+        axes = tuple(i for i in range(1, len(shape)) if shape[i] == 1)
+    else:
+        axes = tuple(sorted(int(d) % len(shape) for d in dims))
+    return Op("SQUEEZE", (r.operand(x),), (y,), {"axes": axes})
+
+
+@_handles("TRANSPOSE")
+def _transpose(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    perm = tuple(int(v) for v in r.need_constant(inputs[1], "TRANSPOSE perm").reshape(-1))
+    return Op("TRANSPOSE", (r.operand(x),), (y,), {"perm": perm})
+
+
+@_handles("STRIDED_SLICE")
+def _strided_slice(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    begin = [int(v) for v in r.need_constant(inputs[1], "begin").reshape(-1)]
+    end = [int(v) for v in r.need_constant(inputs[2], "end").reshape(-1)]
+    strides = [int(v) for v in r.need_constant(inputs[3], "strides").reshape(-1)]
+    o = op.builtinOptions
+    if getattr(o, "offset", False):
+        end = [b + e for b, e in zip(begin, end)]
+    end_mask = int(o.endMask)
+    # A full slice of the batch dimension keeps working for any batch size.
+    shape = r.shape(x)
+    if (begin and not (int(o.ellipsisMask) & 1) and not (int(o.newAxisMask) & 1)
+            and not (int(o.shrinkAxisMask) & 1) and begin[0] == 0 and strides[0] == 1
+            and end[0] == shape[0]):
+        end_mask |= 1
+    return Op("STRIDED_SLICE", (r.operand(x),), (y,), {
+        "begin": tuple(begin), "end": tuple(end), "strides": tuple(strides),
+        "begin_mask": int(o.beginMask), "end_mask": end_mask, "ellipsis_mask": int(o.ellipsisMask),
+        "new_axis_mask": int(o.newAxisMask), "shrink_axis_mask": int(o.shrinkAxisMask)})
+
+
+@_handles("SPLIT", "SPLIT_V")
+def _split(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    if name == "SPLIT":
+        axis_t, x = inputs[0], inputs[1]
+    else:
+        x, axis_t = inputs[0], inputs[2]
+    for y in outputs:
+        _same_params(r, x, y)
+    rank = len(r.shape(x))
+    axis = int(r.need_constant(axis_t, "split axis").reshape(-1)[0]) % rank
+    sizes = tuple(r.shape(y)[axis] for y in outputs)
+    return Op(name, (r.operand(x),), tuple(outputs), {"axis": axis,
+                                                                       "sizes": sizes})
+
+
+@_handles("PAD", "PADV2")
+def _pad(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    paddings = r.need_constant(inputs[1], "paddings").astype(np.int64).reshape(-1, 2)
+    if len(inputs) > 2 and inputs[2] >= 0:
+        pad_value = r.need_constant(inputs[2], "pad value").reshape(-1)[0]
+    else:
+        pad_value = r.scale_zp(y)[1] if r.dtype(y) == "int8" else 0
+    return Op(name, (r.operand(x),), (y,), {
+        "paddings": tuple(tuple(int(v) for v in p) for p in paddings),
+        "pad_value": pad_value.item() if hasattr(pad_value, "item") else pad_value})
+
+
+@_handles("RESIZE_NEAREST_NEIGHBOR")
+def _resize_nearest(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    size = tuple(int(v) for v in r.need_constant(inputs[1], "resize size").reshape(-1))
+    o = op.builtinOptions
+    return Op("RESIZE_NEAREST_NEIGHBOR", (r.operand(x),), (y,), {
+        "size": size, "align_corners": bool(getattr(o, "alignCorners", False)),
+        "half_pixel_centers": bool(getattr(o, "halfPixelCenters", False))})
+
+
+@_handles("LOGISTIC", "TANH")
+def _lut_op(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    build = B.logistic_lut if name == "LOGISTIC" else B.tanh_lut
+    return Op(name, (r.operand(x),), (y,), {"lut": build(s_in, zp_in, s_out, zp_out)})
+
+
+@_handles("SOFTMAX")
+def _softmax(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, _, s_out, zp_out = _int8_io(r, x, y)
+    if zp_out != -128:
+        raise _Unsupported("int8 output zero point must be -128")
+    beta = float(op.builtinOptions.beta) if op.builtinOptions is not None else 1.0
+    return Op("SOFTMAX", (r.operand(x),), (y,), B.softmax_params(beta, s_in))
+
+
+@_handles("HARD_SWISH")
+def _hard_swish(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    return Op("HARD_SWISH", (r.operand(x),), (y,), B.hard_swish_params(s_in, zp_in, s_out, zp_out))
+
+
+@_handles("LEAKY_RELU")
+def _leaky_relu(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    alpha = float(op.builtinOptions.alpha)
+    return Op("LEAKY_RELU", (r.operand(x),), (y,),
+              B.leaky_relu_params(alpha, s_in, zp_in, s_out, zp_out))
+
+
+@_handles("RELU", "RELU6", "RELU_N1_TO_1")
+def _relu(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    return Op(name, (r.operand(x),), (y,), B.relu_params(name, s_in, zp_in, s_out, zp_out))
+
+
+@_handles("QUANTIZE")
+def _quantize(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    r.expect(x, "float32", "int8")
+    r.expect(y, "int8")
+    s_out, zp_out = r.scale_zp(y)
+    if r.dtype(x) == "float32":
+        return Op("QUANTIZE", (r.operand(x),), (y,), {"mode": "float", "scale": s_out,
+                                                      "zp": zp_out})
+    s_in, zp_in = r.scale_zp(x)
+    return Op("QUANTIZE", (r.operand(x),), (y,), B.requantize_params(s_in, zp_in, s_out, zp_out))
+
+
+@_handles("DEQUANTIZE")
+def _dequantize(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    r.expect(x, "int8")
+    r.expect(y, "float32")
+    s_in, zp_in = r.scale_zp(x)
+    return Op("DEQUANTIZE", (r.operand(x),), (y,), {"scale": s_in, "zp": zp_in})
+
+
+def read_tflite(model: str | os.PathLike | bytes, fc_requantize: str = "double") -> Graph:
+    """Reads a .tflite model (path or bytes) into the simulator IR.
+
+    Args:
+        model: a path to a ``.tflite`` file or the flatbuffer bytes.
+        fc_requantize: how FULLY_CONNECTED requantises: ``"double"`` (the reference kernel of
+            LiteRT 2.x and TF 2.21) or ``"fixed_point"`` (older TFLite, the optimized kernels).
+
+    Returns:
+        The :class:`~tfquant.simulate.graph.Graph`.
+
+    Raises:
+        ValueError: the bytes are not a (valid) TFLite flatbuffer.
+        UnsupportedModelError: listing every op the simulator cannot run.
+    """
+    if fc_requantize not in ("double", "fixed_point"):
+        raise ValueError(f"fc_requantize must be 'double' or 'fixed_point', got {fc_requantize!r}")
+    buf = _load_bytes(model)
+    try:
+        return _Reader(buf, fc_requantize).read()
+    except (UnsupportedModelError, ValueError):
+        raise
+    except _CORRUPTION_ERRORS as e:     # a parseable but inconsistent flatbuffer
+        raise ValueError(f"corrupt or invalid TFLite model ({len(buf)} bytes): "
+                         f"{type(e).__name__}: {e}") from e
