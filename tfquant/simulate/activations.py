@@ -126,7 +126,12 @@ def dequantize(op: Op, inputs: list) -> list:
 # ----------------------------------------------------------------------------------------------
 @register("SOFTMAX")
 def softmax(op: Op, inputs: list) -> list:
-    """int8 Softmax over the last axis (TFLite's reference gemmlowp fixed-point kernel)."""
+    """int8 Softmax over the last axis (TFLite's reference gemmlowp fixed-point kernel).
+
+    The output is ``unsat - 128`` (TFLite enforces scale 1/256, zero point -128). TFLite's kernel
+    aborts (``TFLITE_CHECK``) when ``num_bits_over_unit + 23 > 31``, which needs more than 256
+    logits within the input radius; the simulator has no such check.
+    """
     p = op.params
     x = tf.cast(inputs[0], tf.int64)
     diff = x - tf.reduce_max(x, axis=-1, keepdims=True)            # in [-255, 0]

@@ -100,6 +100,8 @@ def conv_multipliers(in_scale: Any, filter_scales: Any, out_scale: Any,
     filter_scales = np.asarray(filter_scales, np.float32).reshape(-1)
     if filter_scales.size == 1:
         filter_scales = np.repeat(filter_scales, channels)
+    if filter_scales.size != channels:
+        raise ValueError(f"{filter_scales.size} weight scales for {channels} output channels")
     real = (np.float64(_scalar(in_scale)) * filter_scales.astype(np.float64)
             / np.float64(_scalar(out_scale)))
     return multipliers(real)
@@ -167,8 +169,8 @@ def mean_params(s_in: Any, zp_in: Any, s_out: Any, zp_out: Any,
     n = int(num_elements)
     if n <= 0:
         raise ValueError("MEAN over an empty axis")
-    shift = min(n.bit_length() - 1, 32, 31 + e)
-    m = int((m << shift) // n) if shift >= 0 else int((m >> -shift) // n)
+    shift = max(min(n.bit_length() - 1, 32, 31 + e), 0)   # e >= -31 (quantize_multiplier)
+    m = (m << shift) // n
     return {"input_zp": int(_scalar(zp_in)), "output_zp": int(_scalar(zp_out)),
             "multiplier": m, "shift": e - shift, "num_elements": n}
 

@@ -17,7 +17,12 @@ Structure:
 
 Op parameters (``zp`` = zero point; multipliers/shifts are TFLite ``(m, e)`` pairs from
 ``tfquant.qparams.quantize_multiplier``: real ~= m * 2^(e - 31); ``act_min``/``act_max`` are
-the int8 clamp of the fused activation):
+the int8 clamp of the fused activation). A front end fills them with the builders:
+``builders.conv_multipliers`` (CONV_2D, DEPTHWISE_CONV_2D), ``fc_multipliers``,
+``add_sub_params``, ``mul_params``, ``mean_params``, ``relu_params``, ``leaky_relu_params``,
+``hard_swish_params``, ``softmax_params``, ``requantize_params``, ``logistic_lut``/``tanh_lut``
+and ``activation_range``; weights and biases are the stored integers (int32 values may be held in
+int64 arrays). A CONV_2D filter with fewer input channels than its input is a grouped convolution.
 
 ===========================  ===================================================================
 op type                      params
@@ -36,7 +41,7 @@ ADD, SUB                     input_zp (2), left_shift (20), input_multiplier (2)
                              output_multiplier, output_shift, output_zp, act_min, act_max
 MUL                          input_zp (2), output_multiplier, output_shift, output_zp, act_min,
                              act_max
-CONCATENATION                axis, act_min, act_max (inputs share the output's scale/zp)
+CONCATENATION                axis (inputs share the output's scale and zero point)
 AVERAGE_POOL_2D, MAX_POOL_2D filter (h, w), strides (h, w), padding, act_min, act_max
 MEAN                         axes, keep_dims, num_elements (N), input_zp, output_zp, multiplier,
                              shift (already divided by N as TFLite's reference kernel does)

@@ -447,11 +447,7 @@ def split(op: Op, inputs: list) -> list:
 @register("CONCATENATION")
 def concatenation(op: Op, inputs: list) -> list:
     """Concatenation (int8 inputs share the output's parameters: a copy)."""
-    y = tf.concat(inputs, axis=op.params["axis"])
-    lo, hi = op.params.get("act_min", INT8_MIN), op.params.get("act_max", INT8_MAX)
-    if (lo, hi) != (INT8_MIN, INT8_MAX):
-        y = tf.clip_by_value(y, tf.constant(lo, y.dtype), tf.constant(hi, y.dtype))
-    return [y]
+    return [tf.concat(inputs, axis=op.params["axis"])]
 
 
 @register("PAD", "PADV2")

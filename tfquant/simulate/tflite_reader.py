@@ -207,28 +207,33 @@ class _Reader:
         for position, name, op, handler in pending:
             inputs = [int(i) for i in (op.inputs if op.inputs is not None else [])]
             outputs = [int(i) for i in (op.outputs if op.outputs is not None else [])]
+            for i in inputs + outputs:
+                if i >= len(self.tensors) or i < -1:
+                    raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses "
+                                     f"tensor {i} of {len(self.tensors)}")
+            if not outputs:
+                raise ValueError(f"corrupt TFLite flatbuffer: operator {position} has no output")
             try:
-                for i in inputs + outputs:
-                    if i >= len(self.tensors):
-                        raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses "
-                                         f"tensor {i} of {len(self.tensors)}")
                 ir_op = handler(self, name, op, inputs, outputs)
+                for o in outputs:
+                    self.add_activation(o)
             except _Unsupported as e:
                 problems.append(f"{name} ({e})")
                 continue
-            ir_op.name = self.name(outputs[0]) if outputs else ""
-            for o in outputs:
-                self.add_activation(o)
+            ir_op.name = self.name(outputs[0])
             self.graph.ops.append(ir_op)
+        self.graph.inputs = [int(i) for i in self.subgraph.inputs]
+        self.graph.outputs = [int(i) for i in self.subgraph.outputs]
+        for i in self.graph.inputs:
+            try:
+                self.add_activation(i)
+            except _Unsupported as e:
+                problems.append(f"model input {self.name(i)!r} ({e})")
         if problems:
             unique = list(dict.fromkeys(problems))
             raise UnsupportedModelError(
                 "the integer simulator does not support these ops of the model: "
                 + ", ".join(unique))
-        self.graph.inputs = [int(i) for i in self.subgraph.inputs]
-        self.graph.outputs = [int(i) for i in self.subgraph.outputs]
-        for i in self.graph.inputs:
-            self.add_activation(i)
         self.graph.validate()
         return self.graph
 
@@ -282,10 +287,18 @@ def _bias(r: _Reader, inputs: list, channels: int) -> np.ndarray | None:
     return bias.astype(np.int64).reshape(channels)
 
 
-def _filter(r: _Reader, index: int) -> np.ndarray:
+def _filter(r: _Reader, index: int, channels_axis: int, symmetric: bool = True) -> np.ndarray:
     filt = r.need_constant(index, "filter")
     if filt.dtype != np.int8:
         raise _Unsupported(f"{filt.dtype} weights")
+    scales, zps, _ = r.qparams(index)
+    if scales is None:
+        raise _Unsupported("weights without quantization parameters")
+    if np.size(scales) not in (1, filt.shape[channels_axis]):
+        raise ValueError(f"corrupt TFLite model: {np.size(scales)} weight scales for "
+                         f"{filt.shape[channels_axis]} channels")
+    if symmetric and np.any(np.asarray(zps) != 0):
+        raise _Unsupported("int8 weights with a nonzero zero point (TFLite requires 0)")
     return filt
 
 
@@ -293,7 +306,7 @@ def _filter(r: _Reader, index: int) -> np.ndarray:
 def _conv_2d(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
     s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    filt = _filter(r, inputs[1])
+    filt = _filter(r, inputs[1], 0)
     scales, _, _ = r.qparams(inputs[1])
     channels = filt.shape[0]
     m, e = B.conv_multipliers(s_in, scales, s_out, channels)
@@ -311,7 +324,7 @@ def _conv_2d(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
 def _depthwise_conv_2d(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
     s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    filt = _filter(r, inputs[1])
+    filt = _filter(r, inputs[1], 3)
     scales, _, _ = r.qparams(inputs[1])
     channels = filt.shape[3]
     m, e = B.conv_multipliers(s_in, scales, s_out, channels)
@@ -334,11 +347,11 @@ def _fully_connected(r: _Reader, name: str, op: Any, inputs: list, outputs: list
     o = op.builtinOptions
     if o is not None and int(o.weightsFormat) != 0:
         raise _Unsupported("shuffled weights format")
-    filt = _filter(r, inputs[1])
     scales, filter_zp, _ = r.qparams(inputs[1])
+    per_channel = np.ndim(scales) > 0
+    filt = _filter(r, inputs[1], 0, symmetric=per_channel)      # per-tensor FC keeps its zp
     channels = filt.shape[0]
     m, e, real = B.fc_multipliers(s_in, scales, s_out, channels)
-    per_channel = np.ndim(scales) > 0
     act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
     return Op("FULLY_CONNECTED", (r.operand(x),), (y,), {
         "filter": filt.reshape(channels, -1),
@@ -380,10 +393,10 @@ def _concatenation(r: _Reader, name: str, op: Any, inputs: list, outputs: list) 
             raise _Unsupported("inputs with other scales than the output (TFLite rejects int8 "
                                "concatenation that would need rescaling)")
     o = op.builtinOptions
-    rank = len(r.shape(y))
-    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    if r.activation(o) != "NONE":
+        raise _Unsupported("a fused activation (TFLite's kernel rejects it)")
     return Op("CONCATENATION", tuple(r.operand(t) for t in inputs), (y,),
-              {"axis": int(o.axis) % rank, "act_min": act_min, "act_max": act_max})
+              {"axis": int(o.axis) % len(r.shape(y))})
 
 
 @_handles("AVERAGE_POOL_2D", "MAX_POOL_2D")
@@ -413,10 +426,11 @@ def _mean(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
 
 
 def _same_params(r: _Reader, x: int, y: int) -> None:
+    """Data movement copies the stored integers (TFLite does not rescale them either)."""
     if r.dtype(x) != r.dtype(y):
         raise _Unsupported(f"{r.dtype(x)} -> {r.dtype(y)}")
-    if r.dtype(x) == "int8" and r.scale_zp(x) != r.scale_zp(y):
-        raise _Unsupported("input and output quantization differ")
+    if r.dtype(x) not in ("int8", "float32", "int32"):
+        raise _Unsupported(f"{r.dtype(x)} tensors")
 
 
 @_handles("RESHAPE")
@@ -481,8 +495,7 @@ def _split(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
     rank = len(r.shape(x))
     axis = int(r.need_constant(axis_t, "split axis").reshape(-1)[0]) % rank
     sizes = tuple(r.shape(y)[axis] for y in outputs)
-    return Op(name, (r.operand(x),), tuple(outputs), {"axis": axis,
-                                                                       "sizes": sizes})
+    return Op(name, (r.operand(x),), tuple(outputs), {"axis": axis, "sizes": sizes})
 
 
 @_handles("PAD", "PADV2")
@@ -525,14 +538,22 @@ def _softmax(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
     if zp_out != -128:
         raise _Unsupported("int8 output zero point must be -128")
     beta = float(op.builtinOptions.beta) if op.builtinOptions is not None else 1.0
-    return Op("SOFTMAX", (r.operand(x),), (y,), B.softmax_params(beta, s_in))
+    try:
+        params = B.softmax_params(beta, s_in)
+    except ValueError as e:                     # parameters TFLite itself cannot run
+        raise _Unsupported(str(e)) from e
+    return Op("SOFTMAX", (r.operand(x),), (y,), params)
 
 
 @_handles("HARD_SWISH")
 def _hard_swish(r: _Reader, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
     s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    return Op("HARD_SWISH", (r.operand(x),), (y,), B.hard_swish_params(s_in, zp_in, s_out, zp_out))
+    try:
+        params = B.hard_swish_params(s_in, zp_in, s_out, zp_out)
+    except ValueError as e:                     # parameters TFLite itself rejects
+        raise _Unsupported(str(e)) from e
+    return Op("HARD_SWISH", (r.operand(x),), (y,), params)
 
 
 @_handles("LEAKY_RELU")
