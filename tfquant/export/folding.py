@@ -15,7 +15,10 @@ def folded_float_model(qmodel: keras.Model) -> keras.Model:
 
     Weighted layers hold ``W * gamma / sigma`` and the bias ``(b - mean) * gamma / sigma +
     beta``, exactly the tensors TFLite sees; their names are those of the float layers, so an
-    encodings file can refer to them.
+    encodings file can refer to them: a weight is ``"<layer>/<attribute>"`` (its
+    ``variable.path``), a standalone quantizer becomes an ``Identity`` layer of the same name
+    and a folded BatchNormalization an ``Identity`` under its own name. The model is not
+    compiled (no optimizer state is copied).
 
     Example:
         >>> float_model = folded_float_model(qat)
@@ -55,4 +58,5 @@ def folded_float_model(qmodel: keras.Model) -> keras.Model:
             new.set_weights(values)
         elif not isinstance(old, Quantizer) and old.weights:
             new.set_weights(old.get_weights())
-    return float_model
+    # clone_model compiles the copy of a compiled model; exporters want the bare graph.
+    return keras.Model(float_model.inputs, float_model.outputs, name=qmodel.name)

@@ -1,11 +1,17 @@
-"""TFLite export: full-integer int8, int16x8 and dynamic-range models from tfquant models."""
+"""TFLite export: full-integer int8, int16x8 and dynamic-range models from tfquant models.
+
+The converter reads every quantization parameter from the FakeQuant ops of the traced model, so
+the TFLite tensors carry exactly the :class:`~tfquant.qparams.QuantParams` of the quantizers.
+Sub-8-bit tensors are stored in int8 as their b-bit integers shifted left by ``8 - b`` bits
+(see :func:`tfquant.fake_quant.int8_container`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import warnings
-from typing import Callable, Iterable
+from typing import Iterable
 
 import keras
 import numpy as np
@@ -65,20 +71,33 @@ def float_ops(tflite_model: bytes) -> list[FloatOp]:
 def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
     """Raises ``ValueError`` naming each layer that TFLite cannot run as requested.
 
-    Checked before conversion (so nothing is written): weights must be symmetric with zero
-    point 0 and at most 8 bits; Dense weights must be per-tensor (the converter lowers Dense to
+    Checked before conversion (so nothing is written), from the quantizers' current
+    :class:`~tfquant.qparams.QuantParams`: weights must be symmetric (zero point 0 on every
+    channel) and at most 8 bits; Dense weights must be per-tensor (the converter lowers Dense to
     a transposed MatMul and rejects per-channel axes there); activations must be at most 8 bits
-    in int8 mode and 16-bit symmetric in int16x8 mode.
+    in int8 mode and 16-bit symmetric in int16x8 mode. Ops that stay float after conversion
+    (e.g. binary ``sign`` activations, layers left in float) are reported by :func:`tflite`.
+
+    Example:
+        >>> check_exportable(qat)          # silent when the model can be exported
+        >>> check_exportable(asym_model)   # doctest: +SKIP
+        ValueError: model cannot be exported to TFLite int8:
+          - conv1: kernel quantizer is asymmetric (zero point != 0); TFLite needs ...
     """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
     problems = []
     for layer in _all_layers(qmodel):
         if not isinstance(layer, QuantizeWrapper):
             continue
         for attr, q in layer.weight_quantizers.items():
             spec = q.spec
-            if not spec.symmetric and spec.learner not in ("lsq",):
-                problems.append(f"{layer.layer.name}: {attr} quantizer is asymmetric; TFLite "
-                                "needs symmetric weights with zero point 0")
+            if not q.enabled:
+                continue
+            if not q.quant_params().symmetric:
+                problems.append(f"{layer.layer.name}: {attr} quantizer is asymmetric (zero "
+                                "point != 0); TFLite needs symmetric weights with zero point 0 "
+                                "(use symmetric=True for weights)")
             if spec.bits > 8:
                 problems.append(f"{layer.layer.name}: {attr} uses {spec.bits}-bit weights; "
                                 "TFLite stores int8 weights")
@@ -86,7 +105,7 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
                 problems.append(f"{layer.layer.name}: per-channel Dense weights are rejected by "
                                 "the TFLite converter; use per_axis=False for Dense")
     for label, q in all_quantizers(qmodel):
-        if "/weights/" in label:
+        if "/weights/" in label or not q.enabled:
             continue
         bits = q.spec.bits
         if mode == "int8" and bits > 8:
@@ -124,19 +143,39 @@ def _convert(converter) -> bytes:
         return bytes(converter.convert())
 
 
-def _representative(model: keras.Model) -> Callable:
-    """Synthetic samples for converter modes that insist on a representative dataset.
+# Operators with a bias input, and its position.
+_BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
 
-    In int16x8 mode every activation already carries FakeQuant ranges; the converter still
-    requires calibration data, so feed it inputs spanning the input quantizer ranges.
+
+def _widen_int16x8_biases(data: bytes) -> bytes:
+    """Stores the int32 biases of ops with int16 activations as int64 (same integers).
+
+    From FakeQuant ranges alone (no calibration) the converter emits int32 biases in int16x8
+    mode, which the installed 16x8 kernels read wrongly (outputs saturate). int64 is TFLite's
+    int16x8 bias type; the values and scales do not change.
     """
-    rng = np.random.default_rng(0)
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
 
-    def gen():
-        for _ in range(8):
-            yield [rng.uniform(-1, 1, [1] + list(t.shape[1:])).astype(np.float32)
-                   for t in model.inputs]
-    return gen
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    changed = False
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            position = _BIAS_INPUT.get(name)
+            if position is None or len(op.inputs) <= position or op.inputs[position] < 0:
+                continue
+            source, bias = subgraph.tensors[op.inputs[0]], subgraph.tensors[op.inputs[position]]
+            if source.type != schema.TensorType.INT16 or bias.type != schema.TensorType.INT32:
+                continue
+            buffer = model.buffers[bias.buffer]
+            values = np.frombuffer(bytes(bytearray(buffer.data)), dtype="<i4").astype("<i8")
+            buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+            bias.type = schema.TensorType.INT64
+            changed = True
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)) if changed else data
 
 
 def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
@@ -152,6 +191,8 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
         output_type: like ``input_type``; defaults to ``input_type``.
         mode: ``"int8"`` (full integer), ``"int16x8"`` (16-bit activations, 8-bit weights) or
             ``"dynamic_range"`` (int8 weights, float activations quantized at run time).
+            int16x8 takes every activation range from the model's 16-bit FakeQuant ops (no
+            calibration data); biases are stored as int64.
         strict: in the integer modes, raise if any op is still float (False: warn).
 
     Returns:
@@ -164,6 +205,7 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
 
     Example:
         >>> data = tfquant.export.tflite(qat, "model.tflite", input_type="int8")
+        >>> data16 = tfquant.export.tflite(qat16, mode="int16x8")  # a "tflite_int16x8" model
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
@@ -181,16 +223,22 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "int16x8":
         ops = tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        # No representative dataset: the FakeQuant ops hold every range, and calibrating a
+        # QAT graph fails ("16x8 ... not yet supported for op: 'DEQUANTIZE'").
         converter.target_spec.supported_ops = [ops]
-        converter.representative_dataset = _representative(qmodel)
     converter.inference_input_type = IO_TYPES[input_type]
     converter.inference_output_type = IO_TYPES[output_type]
     data = _convert(converter)
+    if mode == "int16x8":
+        data = _widen_int16x8_biases(data)
     remaining = float_ops(data)
     if remaining:
+        report = getattr(qmodel, "quantization_report", None)
+        left = report.float_layers if report is not None else []
         message = ("the converted model still computes these ops in float:\n  - "
                    + "\n  - ".join(str(op) for op in remaining)
-                   + "\nsee qmodel.quantization_report for layers left in float")
+                   + (f"\nlayers left in float by quantize_model: {left}" if left else
+                      "\nsee qmodel.quantization_report for layers left in float"))
         if strict:
             raise ValueError(message)
         warnings.warn(message, stacklevel=2)
