@@ -38,6 +38,11 @@ class MinMaxQuantizer(Quantizer):
         if self.spec.learner == "fixed":
             return self.fake_quant(x, *self.current_range())
         b_min, b_max = self.batch_min_max(x)
+        if not self.for_weights:
+            # Activation ranges are statistics, not parameters (as in TF's/tfmot's QAT): no
+            # gradient flows from the range back into x through reduce_min/reduce_max. Same
+            # forward values; saves ~10 full-size ops per quantizer in the backward pass.
+            b_min, b_max = tf.stop_gradient(b_min), tf.stop_gradient(b_max)
         if self.spec.learner == "ema":
             decay = self.spec.ema_decay
             first = tf.equal(step, 0)
