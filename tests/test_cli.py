@@ -1,0 +1,381 @@
+"""Tests of the ``tfquant`` command line (tfquant/cli.py, tfquant/cli_data.py).
+
+Every verb runs at least once through a real subprocess (``python -m tfquant.cli ...``), on
+success and on a bad input. Each subprocess pays a TensorFlow import (5-10 s), so the other
+bad-input cases call ``tfquant.cli.main`` in this process: the same code path that prints
+the one-line ``tfquant <verb>: error: <reason>`` message and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_ERROR = 2
+
+
+# ------------------------------------------------------------------------- helpers
+def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    """Runs ``python -m tfquant.cli ARGS`` in a fresh interpreter."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env.pop("TFQUANT_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "tfquant.cli", *map(str, args)], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def error_line(stderr: str, verb: str) -> str:
+    """The one error line of ``stderr``: exactly one ``tfquant <verb>: error:`` line, the last
+    line printed, and no traceback (TensorFlow's start-up log lines may come before it)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("tfquant ")]
+    assert len(ours) == 1, stderr
+    assert lines[-1] == ours[0], stderr
+    assert ours[0].startswith(f"tfquant {verb}: error: "), ours[0]
+    return ours[0]
+
+
+def assert_cli_error(proc: subprocess.CompletedProcess, verb: str, *fragments: str) -> str:
+    assert proc.returncode == EXIT_ERROR, (proc.returncode, proc.stdout[-2000:], proc.stderr)
+    line = error_line(proc.stderr, verb)
+    for fragment in fragments:
+        assert fragment in line, line
+    return line
+
+
+def run_main(capsys, *args) -> tuple[int, str, str]:
+    """Runs ``tfquant.cli.main`` in this process; ``(exit code, stdout, stderr)``."""
+    from tfquant.cli import main
+
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:  # argparse (usage errors, --help)
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """A tiny float model and data files, written once per test session (per xdist worker)."""
+    from PIL import Image
+
+    from tfquant import datasets, zoo
+
+    root = tmp_path_factory.mktemp("cli")
+    (x, y), _ = datasets.load_digits()
+    x, y = x[:64], y[:64]
+    model = zoo.small_cnn((8, 8, 1), 10, widths=(4, 8), seed=0)
+    model.save(root / "float.keras")
+    np.save(root / "calib.npy", x)
+    np.save(root / "labels.npy", y)
+    np.savetxt(root / "labels.txt", y, fmt="%d")
+    np.savez(root / "train.npz", x=x, y=y)
+    np.save(root / "wrong_shape.npy", np.zeros((4, 28, 28, 1), np.float32))
+    np.save(root / "short_labels.npy", y[:10])
+    (root / "corrupt.keras").write_bytes(b"this is not a zip archive")
+    (root / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    (root / "corrupt.tflite").write_bytes(b"not a flatbuffer" * 4)
+    images = root / "images"
+    (images / "sub").mkdir(parents=True)
+    for i in range(6):  # RGB, converted to grayscale; 8x8, and 16x16 (resized to 8x8)
+        gray = x[i, :, :, 0] if i < 3 else np.kron(x[i, :, :, 0], np.ones((2, 2)))
+        rgb = np.repeat(gray[..., None], 3, axis=-1)
+        Image.fromarray(np.round(rgb * 255).astype(np.uint8)).save(images / f"{i}.png")
+    Image.fromarray((x[6, :, :, 0] * 255).astype(np.uint8)).save(images / "sub" / "6.jpg")
+    broken = root / "broken_images"
+    broken.mkdir()
+    Image.fromarray((x[0, :, :, 0] * 255).astype(np.uint8)).save(broken / "0.png")
+    (broken / "1.png").write_bytes(b"not a png")
+    (root / "empty").mkdir()
+    sub = Subclassed()
+    sub(np.zeros((1, 4), np.float32))
+    sub.save(root / "subclassed.keras")
+    return root
+
+
+@pytest.fixture(scope="session")
+def quantized(files):
+    """A PTQ-quantized copy of the tiny model and its int8 TFLite export (made in-process)."""
+    import tfquant
+
+    model = keras.saving.load_model(files / "float.keras")
+    qmodel = tfquant.ptq(model, np.load(files / "calib.npy"), methods=(), verbose=0)
+    qmodel.save(files / "q.keras")
+    tfquant.export.tflite(qmodel, files / "q.tflite")
+    # the same network with another output bias: a TFLite file that does not match q.keras
+    kernel, bias = model.get_layer("predictions").get_weights()
+    model.get_layer("predictions").set_weights([kernel, bias + np.arange(10, dtype=bias.dtype)])
+    other = tfquant.ptq(model, np.load(files / "calib.npy"), methods=(), verbose=0)
+    tfquant.export.tflite(other, files / "other.tflite")
+    return files / "q.keras", files / "q.tflite"
+
+
+@keras.saving.register_keras_serializable(package="tfquant_cli_test")
+class Subclassed(keras.Model):
+    """A subclassed model: loadable here (registered), not in a CLI subprocess."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(3)
+
+    def call(self, inputs):
+        return self.dense(inputs)
+
+
+# ------------------------------------------------------------------ subprocess tests
+def test_help_lists_every_verb(capsys):
+    code, out, _ = run_main(capsys, "--help")
+    assert code == 0
+    for verb in ("demo", "quantize", "export", "verify", "analyze"):
+        assert verb in out
+    for verb, option in (("demo", "--float-epochs"), ("quantize", "--calibration"),
+                         ("export", "--input-type"), ("verify", "--data"),
+                         ("analyze", "--labels")):
+        code, out, _ = run_main(capsys, verb, "--help")
+        assert code == 0 and f"usage: tfquant {verb}" in out and option in out
+
+
+def test_quantize_ptq_from_images_with_tflite(files, tmp_path):
+    from tfquant.analysis.sensitivity import is_quantized
+
+    out, tflite = tmp_path / "q.keras", tmp_path / "q.tflite"
+    proc = run_cli("quantize", files / "float.keras", "--calibration", files / "images",
+                   "-o", out, "--methods", "cle,bias_correction", "--observer", "percentile",
+                   "--tflite", tflite, "--input-type", "int8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "calibration data: 7 samples" in proc.stdout
+    assert "ran   bias_correction" in proc.stdout and f"wrote {out}" in proc.stdout
+    assert is_quantized(keras.saving.load_model(out))
+    assert tflite.read_bytes()[4:8] == b"TFL3"
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_quantize_qat(files, tmp_path):
+    out = tmp_path / "qat.keras"
+    proc = run_cli("quantize", files / "float.keras", "--calibration", files / "calib.npy",
+                   "--labels", files / "labels.txt", "--qat-epochs", "1", "-o", out, "-q",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"wrote {out}"  # -q: results only
+    qmodel = keras.saving.load_model(out)
+    x = np.load(files / "calib.npy")[:4]
+    assert qmodel.predict(x, verbose=0).shape == (4, 10)
+
+
+def test_quantize_wrong_shape(files, tmp_path):
+    proc = run_cli("quantize", files / "float.keras", "--calibration",
+                   files / "wrong_shape.npy", "-o", tmp_path / "q.keras", cwd=tmp_path)
+    assert_cli_error(proc, "quantize", "expected shape (N, 8, 8, 1)", "got (4, 28, 28, 1)")
+    assert not (tmp_path / "q.keras").exists()
+
+
+def test_export_every_format(files, quantized, tmp_path):
+    import json
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    qmodel, _ = quantized
+    out, h5, sm, enc = (tmp_path / "e.tflite", tmp_path / "e.h5", tmp_path / "sm",
+                        tmp_path / "e.json")
+    proc = run_cli("export", qmodel, "-o", out, "--input-type", "int8", "--h5", h5,
+                   "--saved-model", sm, "--encodings", enc, "--encodings-version", "0.6.1",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for path in (out, h5, sm, enc):
+        assert f"wrote {path}" in proc.stdout
+    assert Interpreter(model_path=str(out)).get_input_details()[0]["dtype"] == np.int8
+    assert keras.saving.load_model(h5).count_params() > 0
+    assert (sm / "saved_model.pb").exists()
+    assert json.loads(enc.read_text())["version"] == "0.6.1"
+
+
+def test_export_dynamic_range_from_float_model(files, tmp_path, capsys):
+    out = tmp_path / "d.tflite"
+    code, stdout, err = run_main(capsys, "export", files / "float.keras", "-o", out,
+                                 "--mode", "dynamic_range", "-q")
+    assert code == 0, err
+    assert stdout.startswith(f"wrote {out}") and out.stat().st_size > 0
+
+
+def test_export_bad_input(files, tmp_path):
+    proc = run_cli("export", files / "corrupt.keras", "-o", tmp_path / "e.tflite", cwd=tmp_path)
+    assert_cli_error(proc, "export", "corrupt.keras", "corrupt")
+    assert not (tmp_path / "e.tflite").exists()
+
+
+def test_verify(files, quantized, tmp_path):
+    qmodel, tflite = quantized
+    proc = run_cli("verify", qmodel, tflite, "--data", files / "calib.npy", cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    assert "bit-exact fraction:" in proc.stdout and "max |diff|:" in proc.stdout
+    assert "first disagreeing layer:" in proc.stdout
+    assert "result: PASS" in proc.stdout
+
+
+def test_verify_mismatch_exit_code(files, quantized, capsys):
+    qmodel, _ = quantized
+    code, out, err = run_main(capsys, "verify", qmodel, files / "other.tflite", "--data",
+                              files / "calib.npy")
+    assert code == 1, (out, err)
+    assert "result: FAIL" in out and not err.strip().startswith("tfquant")
+
+
+def test_verify_bad_input(files, quantized, tmp_path):
+    qmodel, _ = quantized
+    proc = run_cli("verify", qmodel, files / "corrupt.tflite", "--data", files / "calib.npy",
+                   cwd=tmp_path)
+    assert_cli_error(proc, "verify", "cannot read TFLite file", "corrupt.tflite")
+
+
+def test_analyze(files, tmp_path):
+    report, table = tmp_path / "report.html", tmp_path / "sens.csv"
+    proc = run_cli("analyze", files / "float.keras", "--data", files / "train.npz",
+                   "-o", report, "--csv", table, "--no-histograms", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy (higher is better, 64 samples)" in proc.stdout
+    page = report.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "Sensitivity" in page
+    assert table.read_text().count("\n") >= 4  # header + one row per quantized layer
+
+
+def test_analyze_subclassed_model(files, tmp_path):
+    # The subclass is not importable in the subprocess: the model cannot even be rebuilt.
+    proc = run_cli("analyze", files / "subclassed.keras", "--data", files / "calib.npy",
+                   "-o", tmp_path / "r.html", cwd=tmp_path)
+    assert_cli_error(proc, "analyze", "subclassed.keras", "subclassed")
+
+
+# ------------------------------------------------------ bad inputs, in this process
+@pytest.mark.parametrize("args, fragments", [
+    (["quantize", "{missing}.keras", "--calibration", "{calib.npy}", "-o", "{out}/q.keras"],
+     ["does not exist"]),
+    (["quantize", "{corrupt.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras"],
+     ["corrupt"]),
+    (["quantize", "{labels.txt}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras"],
+     ["not a Keras model file", ".keras or .h5"]),
+    (["quantize", "{subclassed.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras"],
+     ["subclassed model"]),
+    (["quantize", "{float.keras}", "--calibration", "{corrupt.npy}", "-o", "{out}/q.keras"],
+     ["cannot read calibration data", "corrupt.npy"]),
+    (["quantize", "{float.keras}", "--calibration", "{broken_images}", "-o", "{out}/q.keras"],
+     ["cannot read image", "1.png"]),
+    (["quantize", "{float.keras}", "--calibration", "{empty}", "-o", "{out}/q.keras"],
+     ["contains no"]),
+    (["quantize", "{float.keras}", "--calibration", "{labels.txt}", "-o", "{out}/q.keras"],
+     ["unsupported type"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--qat-epochs", "1"], ["labels are needed"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--qat-epochs", "1", "--labels", "{short_labels.npy}"], ["10 labels for 64 samples"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--methods", "cle,magic"], ["unknown PTQ method(s) magic"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--config", "int3_magic"], ["unknown config 'int3_magic'"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.tflite"],
+     ["must end in .keras"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/no/q.keras"],
+     ["output directory", "does not exist"]),
+    (["quantize", "{float.keras}", "-o", "{out}/q.keras"],
+     ["the following arguments are required: --calibration"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--qat-epochs", "-1"], ["--qat-epochs", "expected an integer >= 0"]),
+    (["export", "{float.keras}", "-o", "{out}/e.tflite"], ["float model", "tfquant quantize"]),
+    (["export", "{q.keras}"], ["nothing to export"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tfl"], ["must end in .tflite"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--mode", "int4"], ["invalid choice"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--h5", "{out}/e.keras"],
+     ["--h5 output", "must end in .h5"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--saved-model", "{calib.npy}"],
+     ["--saved-model output", "exists"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--mode", "int16x8"],
+     ["cannot be exported to TFLite int16x8", "16-bit activations"]),
+    (["verify", "{q.keras}", "{out}/missing.tflite", "--data", "{calib.npy}"],
+     ["TFLite file", "does not exist"]),
+    (["verify", "{float.keras}", "{q.tflite}", "--data", "{calib.npy}"], ["float model"]),
+    (["verify", "{q.keras}", "{q.tflite}", "--data", "{wrong_shape.npy}"],
+     ["expected shape (N, 8, 8, 1), got (4, 28, 28, 1)"]),
+    (["analyze", "{float.keras}", "--data", "{calib.npy}", "-o", "{out}/r.html",
+      "--metric", "accuracy"], ["needs labels"]),
+    (["analyze", "{float.keras}", "--data", "{calib.npy}", "--labels", "{short_labels.npy}",
+      "-o", "{out}/r.html"], ["10 labels for 64 samples"]),
+    (["analyze", "{float.keras}", "--data", "{missing}.npy", "-o", "{out}/r.html"],
+     ["data", "does not exist"]),
+    (["analyze", "{float.keras}", "--data", "{calib.npy}", "-o", "{out}/r.txt"],
+     ["must end in .html"]),
+])
+def test_bad_input_in_process(files, quantized, tmp_path, capsys, args, fragments):
+    argv = [_expand(a, files, tmp_path) for a in args]
+    code, _, err = run_main(capsys, *argv)
+    assert code == EXIT_ERROR, err
+    verb = args[0]
+    line = error_line(err, verb)
+    for fragment in fragments:
+        assert fragment in line, line
+    assert not [p for p in tmp_path.iterdir() if p.suffix in (".keras", ".tflite", ".html")]
+
+
+def _expand(arg: str, files: Path, out: Path) -> str:
+    """``{name}`` -> the fixture file ``name``; ``{out}`` -> the test's tmp dir;
+    ``{missing}`` -> a path that does not exist."""
+    if "{" not in arg:
+        return arg
+    head, rest = arg.split("}", 1)
+    key = head.lstrip("{")
+    base = {"out": out, "missing": out / "missing"}.get(key, files / key)
+    return str(base) + rest
+
+
+def test_one_line_joins_multi_line_messages():
+    from tfquant.cli import one_line
+
+    message = ("model cannot be exported to TFLite int8:\n  - conv1: asymmetric\n"
+               "  - fc: per-channel")
+    assert one_line(message) == "model cannot be exported to TFLite int8: conv1: asymmetric; " \
+                                "fc: per-channel"
+
+
+# ------------------------------------------------------------------ data loading
+def test_cli_data_formats(files, tmp_path):
+    from tfquant import cli_data
+
+    model = keras.saving.load_model(files / "float.keras")
+    x = np.load(files / "calib.npy")
+    np.save(tmp_path / "no_channel.npy", x[..., 0].astype(np.float64))
+    got, labels = cli_data.load(tmp_path / "no_channel.npy", model)
+    assert got.shape == (64, 8, 8, 1) and got.dtype == np.float32 and labels is None
+    got, labels = cli_data.load(files / "train.npz", model, max_samples=5)
+    np.testing.assert_array_equal(got, x[:5])
+    np.testing.assert_array_equal(labels, np.load(files / "labels.npy")[:5])
+    got, labels = cli_data.load(files / "calib.npy", model, files / "labels.txt")
+    assert labels.dtype.kind == "i" and len(labels) == 64
+    images, total = cli_data.load_inputs(files / "images", model, image_range="symmetric")
+    assert images.shape == (7, 8, 8, 1) and total == 7
+    assert images.min() >= -1.0 and images.max() <= 1.0
+    rgb, _ = cli_data.load_inputs(files / "images", model)  # gray RGB -> L is exact
+    np.testing.assert_allclose(rgb[:3], np.round(x[:3] * 255) / 255, atol=1e-6)
+    np.save(tmp_path / "nan.npy", np.full((2, 8, 8, 1), np.nan, np.float32))
+    with pytest.raises(cli_data.DataError, match="non-finite"):
+        cli_data.load(tmp_path / "nan.npy", model)
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(cli_data.DataError, match="empty"):
+        cli_data.load(tmp_path / "empty.npz", model)
+
+
+@pytest.mark.slow
+def test_demo_runs(tmp_path, capsys):
+    code, out, _ = run_main(capsys, "demo", "--output-dir", tmp_path, "--float-epochs", "1",
+                            "--qat-epochs", "1")
+    assert code == 0
+    assert "TFLite int8" in out
+    assert (tmp_path / "demo.tflite").exists() and (tmp_path / "demo_qat.keras").exists()
