@@ -146,6 +146,35 @@ def test_relu6_pairs_are_left_alone_or_replaced_by_relu():
     np.testing.assert_allclose(outputs(replaced, x), expected, rtol=1e-4, atol=1e-5)
 
 
+def test_default_cle_and_ptq_keep_the_float_function_of_a_relu6_model():
+    """relu6_to_relu is opt-in: by default neither CLE nor ``ptq(methods=("cle",))`` changes
+    what the float model computes, even where ReLU6 clips (checked against the model itself;
+    the quantized model is compared with every quantizer switched off)."""
+    import tfquant
+    from tfquant.export.tflite import all_quantizers
+
+    model = _relu6_model()
+    x = 5.0 * np.random.default_rng(1).normal(size=(8, 5, 5, 2)).astype(np.float32)
+    pre = np.asarray(model.get_layer("c1")(x))
+    assert pre.max() > 6.0   # ReLU6 clips here: replacing it would change the outputs
+    reference = outputs(model, x)
+
+    eq = cross_layer_equalization(model, bias_absorption=False)
+    assert eq.cle_report.replaced_relu6 == []
+    assert eq.get_layer("act").max_value == 6.0
+    np.testing.assert_allclose(outputs(eq, x), reference, rtol=1e-5, atol=1e-5)
+
+    qmodel = tfquant.ptq(model, x, methods=("cle",), bias_absorption=False, verbose=0)
+    assert qmodel.ptq_report["cle"].result.replaced_relu6 == []
+    for _, q in all_quantizers(qmodel):
+        q.enabled = False
+    np.testing.assert_allclose(np.asarray(qmodel(x, training=False)), reference,
+                               rtol=1e-5, atol=1e-5)
+
+    opted_in = cross_layer_equalization(model, relu6_to_relu=True, bias_absorption=False)
+    assert not np.allclose(outputs(opted_in, x), reference, rtol=1e-3, atol=1e-3)
+
+
 def test_high_bias_absorption_moves_bias_into_the_next_layer():
     keras.utils.set_random_seed(9)
     rng = np.random.default_rng(9)

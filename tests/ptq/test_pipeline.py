@@ -54,7 +54,7 @@ def test_ptq_runs_every_step_delegates_adaround_and_keeps_the_model(model, data,
     monkeypatch.setitem(sys.modules, "tfquant.ptq.adaround", fake)
     before = [w.copy() for w in model.get_weights()]
 
-    qmodel = ptq(model, data, verbose=0, iterations=7)
+    qmodel = ptq(model, data, verbose=0, iterations=7, relu6_to_relu=True)
 
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
     report = qmodel.ptq_report
@@ -62,7 +62,7 @@ def test_ptq_runs_every_step_delegates_adaround_and_keeps_the_model(model, data,
                           "bias_correction", "adaround"]
     assert len(calls) == 1 and calls[0][0] is qmodel and calls[0][1] is data
     assert calls[0][2] == {"iterations": 7, "verbose": 0}
-    assert report["cle"].result.replaced_relu6 == ["r1"]
+    assert report["cle"].result.replaced_relu6 == ["r1"]   # opted in (default: kept)
     assert report["bias_correction"].result.method == "empirical"
     assert not any(isinstance(layer, L.BatchNormalization) for layer in qmodel.layers)
     wrapped = sorted(layer.layer.name for layer in qmodel.layers

@@ -324,16 +324,17 @@ def _absorb(pairs: list[_Pair], params: dict, stats: dict) -> dict[int, np.ndarr
     return absorbed
 
 
-def cross_layer_equalization(model: keras.Model, relu6_to_relu: bool = True,
+def cross_layer_equalization(model: keras.Model, relu6_to_relu: bool = False,
                              bias_absorption: bool = True, max_iterations: int = 100,
                              tolerance: float = 1e-5) -> keras.Model:
     """Folds BN, optionally replaces ReLU6 by ReLU, and equalizes consecutive layers.
 
     Args:
         model: a Functional or Sequential float model; it is not modified.
-        relu6_to_relu: replace ReLU6 by ReLU first, as the paper does for MobileNetV2 (this
-            changes the function where activations exceed 6); with False, pairs with a ReLU6
-            between them are left alone.
+        relu6_to_relu: replace ReLU6 by ReLU first, as the paper does for MobileNetV2. Off by
+            default: it changes the float function wherever an activation exceeds 6 (opt in
+            when the model tolerates it, e.g. to equalize MobileNetV2's blocks); with False,
+            pairs with a ReLU6 between them are left alone and the output is unchanged.
         bias_absorption: absorb high biases using the folded BNs' statistics (changes the
             output only where a pre-activation falls below ``mean - 3 std``).
         max_iterations: maximum sweeps over the pairs.
@@ -343,7 +344,7 @@ def cross_layer_equalization(model: keras.Model, relu6_to_relu: bool = True,
         A new float Functional model with ``cle_report`` (a :class:`CLEReport`).
 
     Example:
-        >>> eq = cross_layer_equalization(model, relu6_to_relu=False, bias_absorption=False)
+        >>> eq = cross_layer_equalization(model, bias_absorption=False)
         >>> np.allclose(eq(x), model(x), rtol=1e-4, atol=1e-5)
         True
     """

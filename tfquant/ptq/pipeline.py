@@ -113,7 +113,7 @@ def dynamic_range(model: keras.Model, config: QuantConfig | str | dict | None = 
 
 @dataclasses.dataclass
 class _Options:
-    relu6_to_relu: bool = True
+    relu6_to_relu: bool = False
     bias_absorption: bool = True
     cle_iterations: int = 100
     steps: int | None = None
@@ -150,7 +150,9 @@ def ptq(model: keras.Model, data: Any = None, config: QuantConfig | str | dict =
             gives a weight-only model (see :func:`dynamic_range`).
         methods: any of ``"cle"``, ``"bias_correction"``, ``"adaround"``.
         observer: activation observer for :func:`~tfquant.ptq.calibrate`.
-        **options: ``relu6_to_relu`` (True), ``bias_absorption`` (True), ``cle_iterations``,
+        **options: ``relu6_to_relu`` (False; True replaces ReLU6 by ReLU before CLE, as the
+            paper does for MobileNetV2, which changes the float function wherever an activation
+            exceeds 6, so it is opt-in), ``bias_absorption`` (True), ``cle_iterations``,
             ``steps``, ``batch_size``, ``verbose``, ``weight_observer``, ``observer_options``
             (dict), ``bias_correction`` (``"auto"``, ``"empirical"``, ``"analytic"``); any
             other option is passed to ``tfquant.ptq.adaround.adaround`` (an error when AdaRound
