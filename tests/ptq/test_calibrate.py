@@ -161,3 +161,26 @@ def test_lsq_and_pact_quantizers_take_calibrated_ranges(float_model, data):
     calibrate(pact, data, batch_size=16, verbose=0)
     np.testing.assert_allclose(float(pact.get_layer("quant_relu").output_quantizer.alpha.numpy()),
                                extremes["relu"][1], rtol=1e-5)
+
+
+def test_qat_after_calibration_continues_the_ema_from_the_calibrated_range(float_model, data):
+    """The first QAT step of a calibrated model blends the batch into the calibrated range
+    (EMA), it does not restart from the batch; an uncalibrated model still seeds from it."""
+    batch = 3.0 * data[:8]   # a batch whose extremes differ clearly from the calibration data
+    calibrated = tfquant.quantize_model(float_model)
+    calibrate(calibrated, data, verbose=0)
+    q = calibrated.get_layer("img_quantizer")
+    assert q.spec.learner == "ema"
+    cal_min, cal_max = float(q.min.numpy()), float(q.max.numpy())
+    np.testing.assert_allclose([cal_min, cal_max], [data.min(), data.max()], rtol=1e-6)
+    calibrated(batch, training=True)
+    d = q.spec.ema_decay
+    np.testing.assert_allclose(
+        [float(q.min.numpy()), float(q.max.numpy())],
+        [d * cal_min + (1 - d) * batch.min(), d * cal_max + (1 - d) * batch.max()], rtol=1e-6)
+
+    fresh = tfquant.quantize_model(float_model)
+    fresh(batch, training=True)
+    q = fresh.get_layer("img_quantizer")
+    np.testing.assert_allclose([float(q.min.numpy()), float(q.max.numpy())],
+                               [batch.min(), batch.max()], rtol=1e-6)

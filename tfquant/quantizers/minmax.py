@@ -45,7 +45,9 @@ class MinMaxQuantizer(Quantizer):
             b_min, b_max = tf.stop_gradient(b_min), tf.stop_gradient(b_max)
         if self.spec.learner == "ema":
             decay = self.spec.ema_decay
-            first = tf.equal(step, 0)
+            # The first step seeds the average from the batch, unless a range was set before
+            # training (PTQ calibration, set_range): QAT then continues from the calibrated range.
+            first = tf.logical_and(tf.equal(step, 0), self._at_initial_range())
             new_min = tf.where(first, b_min, decay * self.min.value + (1.0 - decay) * b_min)
             new_max = tf.where(first, b_max, decay * self.max.value + (1.0 - decay) * b_max)
         else:
@@ -58,7 +60,16 @@ class MinMaxQuantizer(Quantizer):
         self.max.assign(new_max)
         return self.fake_quant(x, *self.finalize_range(new_min, new_max))
 
+    def _at_initial_range(self) -> tf.Tensor:
+        """True while ``min``/``max`` still hold ``init_min``/``init_max`` (never set)."""
+        return tf.logical_and(tf.reduce_all(tf.equal(self.min.value, self.spec.init_min)),
+                              tf.reduce_all(tf.equal(self.max.value, self.spec.init_max)))
+
     def set_range(self, x_min, x_max) -> None:
-        """Sets the raw range statistics (calibration and PTQ algorithms use this)."""
+        """Sets the raw range statistics (calibration and PTQ algorithms use this).
+
+        An ``"ema"`` quantizer then continues its average from this range in training instead
+        of restarting from the first batch (unless the range equals ``init_min``/``init_max``).
+        """
         self.min.assign(tf.broadcast_to(tf.cast(x_min, tf.float32), self.min.shape))
         self.max.assign(tf.broadcast_to(tf.cast(x_max, tf.float32), self.max.shape))
