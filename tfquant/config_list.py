@@ -56,7 +56,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from tfquant.qparams import MAX_BITS
@@ -312,15 +311,7 @@ class ConfigListQuantConfig(QuantConfig):
             spec = dataclasses.replace(spec, skip=True)
         else:
             spec = _apply_entry(entry, spec, self.algorithm)
-        for type_name in reversed(types):
-            if type_name in self.by_type:
-                spec = spec.apply(self.by_type[type_name])
-        for pattern, override in self.by_regex.items():
-            if re.fullmatch(pattern, layer_name):
-                spec = spec.apply(override)
-        if layer_name in self.by_name:
-            spec = spec.apply(self.by_name[layer_name])
-        return spec
+        return self.apply_overrides(spec, layer_name, types)
 
     def with_overrides(self, by_type=None, by_regex=None, by_name=None) -> "ConfigListQuantConfig":
         return ConfigListQuantConfig(self.entries, self.base, self.algorithm, self.config_list,

@@ -268,7 +268,10 @@ class QuantConfig:
             layer_type: its class name, or the class names of its hierarchy (most derived first).
         """
         types = [layer_type] if isinstance(layer_type, str) else list(layer_type)
-        spec = self.global_spec
+        return self.apply_overrides(self.global_spec, layer_name, types)
+
+    def apply_overrides(self, spec: LayerSpec, layer_name: str, types: list[str]) -> LayerSpec:
+        """``spec`` with the type, regex and name overrides applied, in that precedence."""
         for type_name in reversed(types):
             if type_name in self.by_type:
                 spec = spec.apply(self.by_type[type_name])

@@ -27,18 +27,24 @@ class MinMaxObserver(Observer):
         self.max: np.ndarray | None = None
 
     def _update(self, values: np.ndarray) -> None:
-        batch_min, batch_max = values.min(axis=1), values.max(axis=1)
+        self._merge(values.min(axis=1), values.max(axis=1))
+
+    def _merge(self, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
         if self.min is None:
             self.min, self.max = batch_min, batch_max
         else:
-            self.min = np.minimum(self.min, batch_min)
-            self.max = np.maximum(self.max, batch_max)
+            self._combine(batch_min, batch_max)
+
+    def _combine(self, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
+        """Merges a later batch's extremes into the running statistics."""
+        self.min = np.minimum(self.min, batch_min)
+        self.max = np.maximum(self.max, batch_max)
 
     def _raw_range(self, bits, symmetric, narrow_range):
         return self.min, self.max
 
 
-class EMAObserver(Observer):
+class EMAObserver(MinMaxObserver):
     """Exponential moving average of per-batch minima and maxima.
 
     The first batch initialises the averages; afterwards
@@ -63,20 +69,9 @@ class EMAObserver(Observer):
         self.decay = float(decay)
         super().__init__(axis)
 
-    def _reset_state(self) -> None:
-        self.min: np.ndarray | None = None
-        self.max: np.ndarray | None = None
-
-    def _update(self, values: np.ndarray) -> None:
-        batch_min, batch_max = values.min(axis=1), values.max(axis=1)
-        if self.min is None:
-            self.min, self.max = batch_min, batch_max
-        else:
-            self.min = self.decay * self.min + (1.0 - self.decay) * batch_min
-            self.max = self.decay * self.max + (1.0 - self.decay) * batch_max
-
-    def _raw_range(self, bits, symmetric, narrow_range):
-        return self.min, self.max
+    def _combine(self, batch_min: np.ndarray, batch_max: np.ndarray) -> None:
+        self.min = self.decay * self.min + (1.0 - self.decay) * batch_min
+        self.max = self.decay * self.max + (1.0 - self.decay) * batch_max
 
 
 class _Moments:
@@ -102,7 +97,7 @@ class _Moments:
         return sum(np.asarray(v).nbytes for v in (self.mean, self.m2))
 
 
-class MeanStdObserver(Observer):
+class MeanStdObserver(MinMaxObserver):
     """Mean plus/minus ``n_std`` standard deviations, bounded by the true min/max (Distiller).
 
     With ``source="extremes"`` (the default) the statistics are those of the per-batch extremes:
@@ -138,18 +133,13 @@ class MeanStdObserver(Observer):
         super().__init__(axis)
 
     def _reset_state(self) -> None:
-        self.min: np.ndarray | None = None
-        self.max: np.ndarray | None = None
+        super()._reset_state()
         self._low = _Moments()   # of batch minima ("extremes") or of all values ("values")
         self._high = _Moments()  # of batch maxima ("extremes"); unused for "values"
 
     def _update(self, values: np.ndarray) -> None:
         batch_min, batch_max = values.min(axis=1), values.max(axis=1)
-        if self.min is None:
-            self.min, self.max = batch_min, batch_max
-        else:
-            self.min = np.minimum(self.min, batch_min)
-            self.max = np.maximum(self.max, batch_max)
+        self._merge(batch_min, batch_max)
         if self.source == "extremes":
             zeros = np.zeros_like(batch_min)
             self._low.add(1.0, batch_min, zeros)
