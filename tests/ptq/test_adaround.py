@@ -115,20 +115,10 @@ def test_adaround_never_worse_than_nearest(digits, batchnorm):
     assert max(gains.values()) > 0.1, gains
 
 
-def test_weights_stay_on_grid_and_range_is_pinned(digits):
-    x_cal, _ = digits
-    # bn_freeze_step=0: training steps use the moving statistics (weights stay as written)
-    qmodel = _calibrated(_model(batchnorm=True), x_cal, _w4a8(bn_freeze_step=0))
-    ranges_before = {n: AdaRoundLayer.from_wrapper(w, None).scale.copy()
-                     for n, w in _wrappers(qmodel).items()}
-    adaround(qmodel, x_cal, iterations=100, learning_rate=1e-2, verbose=0)
-    qmodel(x_cal[:64], training=True)   # a training step would re-observe weight ranges
-    qmodel(x_cal[:64], training=True)
-    for name, wrapper in _wrappers(qmodel).items():
+def _check_on_grid(qmodel):
+    for wrapper in _wrappers(qmodel).values():
         (attr, quantizer), = wrapper.weight_quantizers.items()
         layer = AdaRoundLayer.from_wrapper(wrapper, None)
-        np.testing.assert_array_equal(layer.scale, ranges_before[name])
-        assert quantizer.spec.freeze_step == 0
         folded = wrapper.folded_weights()[attr]
         quantized = quantizer(folded, training=False).numpy()
         levels = quantized / layer.scale
@@ -140,6 +130,58 @@ def test_weights_stay_on_grid_and_range_is_pinned(digits):
         # fake-quant is idempotent on them
         np.testing.assert_array_equal(quantizer(tf.constant(quantized), training=False),
                                       quantized)
+
+
+def _scales(qmodel):
+    return {n: AdaRoundLayer.from_wrapper(w, None).scale.copy()
+            for n, w in _wrappers(qmodel).items()}
+
+
+def _perturbed_training_call(qmodel, x):
+    """Scales every kernel by 1.5 and runs a training-mode call: a weight quantizer that is
+    not frozen re-observes its range from the (new) weights."""
+    for wrapper in _wrappers(qmodel).values():
+        (attr, _), = wrapper.weight_quantizers.items()
+        variable = getattr(wrapper.layer, attr)
+        variable.assign(1.5 * variable.numpy())
+    qmodel(x, training=True)
+
+
+def test_weights_stay_on_grid_and_specs_are_kept_unless_frozen(digits, tmp_path):
+    x_cal, _ = digits
+    # bn_freeze_step=0: training steps use the moving statistics (weights stay as written)
+    qmodel = _calibrated(_model(batchnorm=True), x_cal, _w4a8(bn_freeze_step=0))
+    specs_before = {n: w.weight_quantizers[next(iter(w.weight_quantizers))].spec.to_dict()
+                    for n, w in _wrappers(qmodel).items()}
+    ranges_before = _scales(qmodel)
+    adaround(qmodel, x_cal, iterations=100, learning_rate=1e-2, verbose=0)
+    # inference (and export) use the range the rounding was learned on
+    for name, scale in _scales(qmodel).items():
+        np.testing.assert_array_equal(scale, ranges_before[name])
+    _check_on_grid(qmodel)
+    # default: the configuration is the user's, QAT afterwards trains ranges as usual
+    for name, wrapper in _wrappers(qmodel).items():
+        (_, quantizer), = wrapper.weight_quantizers.items()
+        assert quantizer.spec.to_dict() == specs_before[name]
+        assert quantizer.spec.freeze_step is None
+    _perturbed_training_call(qmodel, x_cal[:64])
+    for name, scale in _scales(qmodel).items():
+        np.testing.assert_allclose(scale, 1.5 * ranges_before[name], rtol=1e-5)
+
+    # freeze_weight_ranges=True: frozen, also after a .keras round trip
+    qmodel = _calibrated(_model(batchnorm=True), x_cal, _w4a8(bn_freeze_step=0))
+    adaround(qmodel, x_cal, iterations=100, learning_rate=1e-2, verbose=0,
+             freeze_weight_ranges=True)
+    _check_on_grid(qmodel)
+    path = tmp_path / "frozen.keras"
+    qmodel.save(path)
+    loaded = keras.saving.load_model(path)
+    for model in (qmodel, loaded):
+        assert all(w.weight_quantizers[next(iter(w.weight_quantizers))].spec.freeze_step == 0
+                   for w in _wrappers(model).values())
+        _perturbed_training_call(model, x_cal[:64])
+        for name, scale in _scales(model).items():
+            np.testing.assert_array_equal(scale, ranges_before[name])
 
 
 def test_layers_option_and_bad_input(digits):

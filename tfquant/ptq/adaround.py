@@ -23,8 +23,12 @@ quantizer's scale ``s`` (per channel or per tensor) is kept fixed.
 
 At the end, weights are set to ``s * (floor(W / s) + [h(V) >= 0.5])``, which are points of the
 quantizer's grid, so the layer's fake quantization (and the TFLite export) reproduces them
-exactly; the range of the weight quantizer is set explicitly to the range that was used and
-frozen, so later observation of the new weights cannot move the grid. If on the calibration
+exactly; the range of the weight quantizer is set explicitly to the range that was used, so
+inference and export reproduce the learned rounding. The quantizers' configuration is left as
+it was: fine-tuning the returned model with QAT trains its weights and ranges as usual (the
+learned rounding is the starting point). With ``freeze_weight_ranges=True`` the weight ranges
+are frozen instead (``freeze_step=0``, saved with the model), so later training keeps the grid
+the rounding was learned on. If on the calibration
 data the learned rounding reconstructs the layer worse than nearest rounding (this happens only
 with very few iterations), nearest rounding is kept and the report says so.
 
@@ -480,12 +484,19 @@ def _write_weight(layer: AdaRoundLayer, grid_weight: np.ndarray) -> None:
     variable.assign(value.astype(np.float32))
 
 
-def _pin_range(quantizer: Quantizer, saved: tuple[np.ndarray, np.ndarray] | None) -> None:
-    """Sets the weight quantizer's range back to ``saved`` and freezes it."""
+def _pin_range(layer: "AdaRoundLayer", saved: tuple[np.ndarray, np.ndarray] | None,
+               freeze: bool = False) -> None:
+    """Sets the weight quantizer's range back to ``saved``; with ``freeze``, also stops later
+    training from moving it: ``freeze_step=0`` in the quantizer's spec and in the wrapper's
+    weight spec (which the saved model's config holds)."""
+    quantizer, wrapper = layer.quantizer, layer.wrapper
     if isinstance(quantizer, MinMaxQuantizer) and saved is not None:
         quantizer.set_range(*saved)
-        if quantizer.spec.learner != "fixed":
+        if freeze and quantizer.spec.learner != "fixed":
             quantizer.spec = quantizer.spec.replace(freeze_step=0)
+            if wrapper.spec.weights is not None:
+                wrapper.spec = dataclasses.replace(
+                    wrapper.spec, weights=wrapper.spec.weights.replace(freeze_step=0))
 
 
 # ----------------------------------------------------------------------------- public API
@@ -494,7 +505,8 @@ def adaround(qmodel: keras.Model, data: Any, iterations: int = 10000,
              warm_start: float = 0.2, batch_size: int = 32, num_batches: int | None = 32,
              layers: Sequence[str] | None = None, verbose: int = 1,
              learning_rate: float = 1e-3, after_activation: bool = True,
-             keep_better: bool = True, seed: int = 0) -> keras.Model:
+             keep_better: bool = True, seed: int = 0,
+             freeze_weight_ranges: bool = False) -> keras.Model:
     """Learns the rounding of every weighted layer's weights (in place).
 
     The model must already be calibrated (activation ranges set): the layer inputs are taken
@@ -521,6 +533,11 @@ def adaround(qmodel: keras.Model, data: Any, iterations: int = 10000,
         keep_better: keep nearest rounding for a layer whose learned rounding reconstructs the
             calibration data worse (only happens with very few iterations).
         seed: seed of the mini-batch sampling.
+        freeze_weight_ranges: freeze the optimised layers' weight ranges (``freeze_step=0``
+            in their specs, saved with the model), so later training (QAT fine-tuning) keeps
+            the grid the rounding was learned on. By default the specs are left as configured:
+            inference and export reproduce the learned rounding either way, and QAT after
+            AdaRound then trains weights and ranges as usual.
 
     Returns:
         ``qmodel`` (modified in place), with ``qmodel.adaround_report``: per layer name the
@@ -601,7 +618,7 @@ def adaround(qmodel: keras.Model, data: Any, iterations: int = 10000,
             kept, final = "nearest", nearest
         originals[id(wrapper)] = np.asarray(getattr(wrapper.layer, layer.attr))
         _write_weight(layer, final)
-        _pin_range(layer.quantizer, saved_range)
+        _pin_range(layer, saved_range, freeze_weight_ranges)
         check = np.asarray(layer.quantizer(wrapper.folded_weights()[layer.attr],
                                            training=False))
         if not np.allclose(check, final, rtol=0, atol=1e-6 * float(np.max(layer.scale))):
