@@ -1,4 +1,4 @@
-"""Tests of the ``tfquant`` command line (tfquant/cli.py, tfquant/cli_data.py).
+"""Tests of the ``tfquant`` command line (the tfquant.cli package).
 
 Every verb runs at least once through a real subprocess (``python -m tfquant.cli ...``), on
 success and on a bad input. Each subprocess pays a TensorFlow import (5-10 s), so the other
@@ -347,7 +347,7 @@ def test_one_line_joins_multi_line_messages():
 
 # ------------------------------------------------------------------ data loading
 def test_cli_data_formats(files, tmp_path):
-    from tfquant import cli_data
+    from tfquant.cli import data as cli_data
 
     model = keras.saving.load_model(files / "float.keras")
     x = np.load(files / "calib.npy")
