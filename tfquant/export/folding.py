@@ -5,12 +5,13 @@ from __future__ import annotations
 import inspect
 
 import keras
+import numpy as np
 
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer
 
 
-def folded_float_model(qmodel: keras.Model) -> keras.Model:
+def folded_float_model(qmodel: keras.Model, *, quantized_weights: bool = False) -> keras.Model:
     """A float copy of ``qmodel`` with every quantizer removed and folded BNs merged.
 
     Weighted layers hold ``W * gamma / sigma`` and the bias ``(b - mean) * gamma / sigma +
@@ -20,8 +21,18 @@ def folded_float_model(qmodel: keras.Model) -> keras.Model:
     and a folded BatchNormalization an ``Identity`` under its own name. The model is not
     compiled (no optimizer state is copied).
 
+    Args:
+        qmodel: a quantized model.
+        quantized_weights: False (default) keeps the float (BN-folded) weights; True stores
+            each quantized weight as its fake-quantized value (``scale * q``), i.e. the
+            weights the quantized model computes with (activations stay float).
+
+    Returns:
+        The float Keras model.
+
     Example:
         >>> float_model = folded_float_model(qat)
+        >>> on_grid = folded_float_model(qat, quantized_weights=True)
     """
     def clone(layer):
         if isinstance(layer, Quantizer):
@@ -51,7 +62,10 @@ def folded_float_model(qmodel: keras.Model) -> keras.Model:
     for old, new in pairs:
         if isinstance(old, QuantizeWrapper):
             weights = old.folded_weights()
-            values = [weights[attr].numpy() for attr, _ in old.rule.weights]
+            if quantized_weights:
+                for attr, quantizer in old.weight_quantizers.items():
+                    weights[attr] = quantizer(weights[attr], training=False)
+            values = [np.asarray(weights[attr]) for attr, _ in old.rule.weights]
             bias = old.folded_bias()
             if bias is not None:
                 values.append(bias.numpy())

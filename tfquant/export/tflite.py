@@ -248,11 +248,114 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
 
 
 def _dynamic_range(qmodel: keras.Model, path) -> bytes:
+    """Hybrid model: the converter's dynamic-range pass on the folded model whose weights hold
+    their fake-quantized values, then every int8 weight set to the quantizer's own integers and
+    scales (the converter re-derives scales from max|w|, which differs when a range is wider
+    than the weights, e.g. after QAT). Weights the converter keeps in float (fewer than 1024
+    values) already hold the fake-quantized values."""
     from tfquant.export.folding import folded_float_model
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(folded_float_model(qmodel))
+    converter = tf.lite.TFLiteConverter.from_keras_model(
+        folded_float_model(qmodel, quantized_weights=True))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    data = _convert(converter)
+    data = _set_weight_integers(_convert(converter), _weight_grids(qmodel))
     if path is not None:
         write_atomic(path, data)
     return data
+
+
+@dataclasses.dataclass
+class _WeightGrid:
+    """A quantized weight in TFLite's layout: ``values = scale * integers`` along ``axis``."""
+
+    layer: str
+    integers: np.ndarray
+    scale: np.ndarray  # () or (C,)
+    axis: int | None
+    used: bool = False
+
+
+def _weight_grids(qmodel: keras.Model) -> list[_WeightGrid]:
+    grids = []
+    for layer in _all_layers(qmodel):
+        if not isinstance(layer, QuantizeWrapper):
+            continue
+        inner = layer.layer
+        kernel_q = layer.weight_quantizers.get("kernel")
+        if kernel_q is None or not kernel_q.enabled:
+            continue
+        kernel = np.asarray(layer.folded_weights()["kernel"], np.float32)
+        p = kernel_q.quant_params()
+        if not p.symmetric:
+            raise ValueError(f"{inner.name}: kernel quantizer is asymmetric (zero point != 0); "
+                             "TFLite dynamic-range weights are symmetric")
+        scale = np.asarray(p.scale, np.float32)
+        if isinstance(inner, keras.layers.DepthwiseConv2D):  # (kh, kw, in, m) -> (1, kh, kw, in*m)
+            kernel, axis = kernel.reshape((1,) + kernel.shape[:2] + (-1,)), 3
+        elif isinstance(inner, keras.layers.Conv2D):  # HWIO -> OHWI
+            kernel, axis = np.transpose(kernel, (3, 0, 1, 2)), 0
+        elif isinstance(inner, keras.layers.Dense):  # (in, out) -> (out, in)
+            kernel, axis = kernel.T, 0
+        else:
+            continue
+        shape = [1] * kernel.ndim
+        if scale.ndim:
+            shape[axis] = -1
+        integers = np.clip(np.round(kernel / scale.reshape(shape)), p.qmin, p.qmax)
+        grids.append(_WeightGrid(inner.name, integers.astype(np.int8), scale,
+                                 axis if scale.ndim else None))
+    return grids
+
+
+def _dequantized(values: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None or scale.size == 1:
+        return values.astype(np.float32) * scale.reshape(())
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    return values.astype(np.float32) * scale.reshape(shape)
+
+
+def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
+    """Replaces the converter's int8 weights of hybrid ops by the quantizers' integers.
+
+    Each int8 weight is matched to the quantized kernel it came from by shape and value (the
+    converter's dequantized weights lie within half a step of the fake-quantized ones).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    done = set()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
+            if name not in _BIAS_INPUT or len(op.inputs) < 2 or op.inputs[1] in done:
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            q = tensor.quantization
+            if tensor.type != schema.TensorType.INT8 or q is None or q.scale is None:
+                continue
+            buffer = model.buffers[tensor.buffer]
+            shape = tuple(int(d) for d in tensor.shape)
+            ints = np.frombuffer(bytes(bytearray(buffer.data)), np.int8).reshape(shape)
+            scale = np.asarray(q.scale, np.float32)
+            axis = int(q.quantizedDimension) if scale.size > 1 else None
+            current = _dequantized(ints, scale, axis)
+            grid = next((g for g in grids if not g.used and g.integers.shape == shape
+                         and np.allclose(current, _dequantized(g.integers, g.scale, g.axis),
+                                         rtol=0, atol=0.51 * float(scale.max()))), None)
+            if grid is None:
+                continue
+            if grid.axis is not None and grid.axis != axis:
+                raise ValueError(f"{grid.layer}: per-channel weights on axis {grid.axis}, but "
+                                 f"TFLite quantizes this op's weights on axis {axis}")
+            new_scale = (np.full(shape[axis], grid.scale, np.float32)
+                         if axis is not None and grid.axis is None else grid.scale.reshape(-1))
+            buffer.data = np.frombuffer(grid.integers.tobytes(), np.uint8)
+            q.scale = new_scale.astype(np.float32)
+            q.zeroPoint = np.zeros(new_scale.size, np.int64)
+            grid.used = True
+            done.add(op.inputs[1])
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
