@@ -49,11 +49,44 @@ class _Unsupported(Exception):
     """Internal: one op cannot be simulated (the reason ends up in UnsupportedModelError)."""
 
 
-def _load_bytes(model: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
+def describe_source(model: Any) -> str:
+    """How errors name a model given as a path or as bytes."""
     if isinstance(model, (bytes, bytearray, memoryview)):
-        return bytes(model)
-    with open(model, "rb") as f:
-        return f.read()
+        return f"TFLite model ({len(model)} bytes given in memory)"
+    return f"TFLite file {os.fspath(model)!r}"
+
+
+def load_tflite_bytes(model: str | os.PathLike | bytes | bytearray | memoryview) -> bytes:
+    """The flatbuffer bytes of a path or bytes, checked to hold a parseable TFLite model.
+
+    Raises:
+        FileNotFoundError: the path does not exist (or is a directory).
+        ValueError: the file is empty, not a TFLite flatbuffer, or truncated/corrupt; the message
+            names the file and the problem.
+
+    Example:
+        >>> data = load_tflite_bytes("model.tflite")    # doctest: +SKIP
+    """
+    label = describe_source(model)
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        buf = bytes(model)
+    elif not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"expected a .tflite path or flatbuffer bytes, got {type(model).__name__}")
+    else:
+        path = os.fspath(model)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{label} does not exist")
+        if os.path.isdir(path):
+            raise FileNotFoundError(f"{label} is a directory, not a .tflite file")
+        with open(path, "rb") as f:
+            buf = f.read()
+    if not buf:
+        raise ValueError(f"{label} is empty (0 bytes)")
+    try:
+        parse_model(buf)
+    except ValueError as e:
+        raise ValueError(f"{label}: {e}") from None
+    return buf
 
 
 def parse_model(buf: bytes) -> Any:
@@ -185,20 +218,74 @@ class _Reader:
             raise _Unsupported(f"{dtype} tensors (only {'/'.join(dtypes)} are simulated)")
 
     # -- reading -------------------------------------------------------------------------------
-    def read(self) -> Graph:
+    def op_name(self, position: int, op: Any) -> str:
         codes = self.model.operatorCodes or []
+        if op.opcodeIndex >= len(codes):
+            raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses opcode "
+                             f"{op.opcodeIndex} of {len(codes)}")
+        code = codes[op.opcodeIndex]
+        builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
+        name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+        if name == "CUSTOM":
+            custom = code.customCode
+            name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+        return name
+
+    def check_integer_model(self, names: list[str]) -> None:
+        """Raises when no op computes on int8 activations (a float or dynamic-range model)."""
+        for op in self.subgraph.operators or []:
+            for t in op.outputs if op.outputs is not None else []:
+                if 0 <= int(t) < len(self.tensors) and self.type_name(int(t)) == "INT8":
+                    return
+        described = []
+        for name, op in zip(names, self.subgraph.operators or []):
+            outs = [int(t) for t in (op.outputs if op.outputs is not None else [])
+                    if 0 <= int(t) < len(self.tensors)]
+            kinds = "/".join(dict.fromkeys(self.type_name(t).lower() for t in outs))
+            described.append(f"{name} ({kinds or 'no'} outputs)")
+        ops = ", ".join(dict.fromkeys(described)) or "no ops"
+        raise UnsupportedModelError(
+            "not a full-integer int8 model: no op produces int8 activations (ops: "
+            f"{ops}). The integer simulator runs int8 models; export one with "
+            "tfquant.export.tflite(qmodel, mode='int8') from a quantized model.")
+
+    def shape_only_ops(self, names: list[str]) -> set[int]:
+        """Positions of ops that only compute the ``shape`` operand of RESHAPE ops.
+
+        A Flatten/Reshape with a dynamic batch is converted to SHAPE -> STRIDED_SLICE -> PACK ->
+        RESHAPE. The simulator takes each reshape's target from its static output shape (batch
+        free), so this int32 shape arithmetic is not needed and is left out.
+        """
+        operators = list(self.subgraph.operators or [])
+        uses: dict[int, list[tuple[int, int]]] = {}
+        for position, op in enumerate(operators):
+            for slot, t in enumerate(op.inputs if op.inputs is not None else []):
+                uses.setdefault(int(t), []).append((position, slot))
+        graph_outputs = {int(t) for t in (self.subgraph.outputs if self.subgraph.outputs
+                                          is not None else [])}
+        skipped: set[int] = set()
+        for position in range(len(operators) - 1, -1, -1):
+            outputs = [int(t) for t in (operators[position].outputs
+                                        if operators[position].outputs is not None else [])]
+            if not outputs or any(t in graph_outputs or t < 0 or t >= len(self.tensors)
+                                  or self.type_name(t) not in ("INT32", "INT64")
+                                  for t in outputs):
+                continue
+            if all(uses.get(t) and all((names[p] == "RESHAPE" and slot == 1) or p in skipped
+                                       for p, slot in uses[t]) for t in outputs):
+                skipped.add(position)
+        return skipped
+
+    def read(self) -> Graph:
         problems: list[str] = []
         pending = []
+        names = [self.op_name(p, op) for p, op in enumerate(self.subgraph.operators or [])]
+        self.check_integer_model(names)
+        skipped = self.shape_only_ops(names)
         for position, op in enumerate(self.subgraph.operators or []):
-            if op.opcodeIndex >= len(codes):
-                raise ValueError(f"corrupt TFLite flatbuffer: operator {position} uses opcode "
-                                 f"{op.opcodeIndex} of {len(codes)}")
-            code = codes[op.opcodeIndex]
-            builtin = max(int(code.builtinCode), int(code.deprecatedBuiltinCode))
-            name = _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
-            if name == "CUSTOM":
-                custom = code.customCode
-                name = f"CUSTOM({custom.decode() if isinstance(custom, bytes) else custom})"
+            if position in skipped:
+                continue
+            name = names[position]
             handler = _HANDLERS.get(name)
             if handler is None:
                 problems.append(name)
@@ -611,11 +698,14 @@ def read_tflite(model: str | os.PathLike | bytes, fc_requantize: str = "double")
     """
     if fc_requantize not in ("double", "fixed_point"):
         raise ValueError(f"fc_requantize must be 'double' or 'fixed_point', got {fc_requantize!r}")
-    buf = _load_bytes(model)
+    buf = load_tflite_bytes(model)
+    label = describe_source(model)
     try:
         return _Reader(buf, fc_requantize).read()
-    except (UnsupportedModelError, ValueError):
-        raise
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{label}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{label}: {e}") from None
     except _CORRUPTION_ERRORS as e:     # a parseable but inconsistent flatbuffer
-        raise ValueError(f"corrupt or invalid TFLite model ({len(buf)} bytes): "
-                         f"{type(e).__name__}: {e}") from e
+        raise ValueError(f"{label}: corrupt or invalid TFLite model ({len(buf)} bytes): "
+                         f"{type(e).__name__}: {e}") from None

@@ -1,0 +1,182 @@
+"""``tfquant.verify``: its figures are checked against an independent run of the LiteRT
+interpreter (written here, per sample) and against the Keras model; disagreements planted in the
+Keras model or the simulator are found at the right layer."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+import tfquant
+from tfquant.simulate import IntegerModel
+
+L = keras.layers
+
+
+def _model() -> keras.Model:
+    rng = np.random.default_rng(1)
+    inp = keras.Input((8, 8, 2), name="image")
+    x = L.Conv2D(6, 3, padding="same", name="conv1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.MaxPooling2D(2, name="pool1")(x)
+    x = L.Conv2D(8, 3, padding="same", activation="relu", name="conv2")(x)
+    x = L.Flatten(name="flatten")(x)
+    out = L.Dense(5, activation="softmax", name="predictions")(x)
+    model = keras.Model(inp, out)
+    bn = model.get_layer("bn1")
+    bn.set_weights([rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.2, 6), rng.normal(0, 0.2, 6),
+                    rng.uniform(0.5, 2.0, 6)])
+    return model
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).uniform(-1, 1, (96, 8, 8, 2)).astype(np.float32)
+    qmodel = tfquant.quantize_model(_model())
+    tfquant.calibrate(qmodel, x, verbose=0)
+    path = tmp_path_factory.mktemp("verify") / "m.tflite"
+    data = tfquant.export.tflite(qmodel, path)
+    return qmodel, path, data, x
+
+
+def _tflite_per_sample(data: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Independent reference: the interpreter, one sample at a time, and the output step."""
+    interpreter = Interpreter(model_content=data,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    outputs = []
+    for sample in x:
+        interpreter.set_tensor(inp["index"], sample[None])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(out["index"])[0].copy())
+    return np.stack(outputs), 1.0 / 256.0     # softmax output step, fixed by TFLite
+
+
+@pytest.fixture(scope="module")
+def report(setup):
+    qmodel, path, data, x = setup
+    return tfquant.verify(qmodel, path, x)
+
+
+def test_figures_match_an_independent_interpreter_run(setup, report):
+    qmodel, path, data, x = setup
+    tflite_out, step = _tflite_per_sample(data, x)
+    keras_out = qmodel.predict(x, verbose=0)
+    diff = np.abs(keras_out.astype(np.float64) - tflite_out) / step
+    assert report.samples == len(x)
+    assert report.max_abs_diff_lsb == pytest.approx(diff.max(), abs=1e-3)
+    assert report.within_1lsb_fraction == pytest.approx(np.mean(diff <= 1.001))
+    assert sum(report.diff_histogram.values()) == diff.size
+    assert report.argmax_agreement == pytest.approx(
+        np.mean(keras_out.argmax(1) == tflite_out.argmax(1)))
+    # the simulator, run here on its own, equals the interpreter
+    assert np.array_equal(IntegerModel.from_tflite(data)(x), tflite_out)
+    assert report.bit_exact_fraction == 1.0 and report.simulator_all_tensors_exact
+    assert report.xnnpack_bit_exact_fraction is not None
+    assert report.io_types == ("float32", "float32")
+
+
+def test_per_layer_rows_name_keras_layers_and_hold_their_differences(setup, report):
+    qmodel, path, data, x = setup
+    by_layer = {row.layer: row for row in report.per_layer if row.layer}
+    for name in ("relu1", "pool1", "conv2", "flatten", "predictions",
+                 "predictions (pre-activation)"):
+        assert name in by_layer, sorted(by_layer)
+    assert [r.op for r in report.per_layer][:3] == ["QUANTIZE", "CONV_2D", "MAX_POOL_2D"]
+    # pool1 row against the interpreter's own tensor, read here by name
+    interpreter = Interpreter(model_content=data,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                              experimental_preserve_all_tensors=True)
+    interpreter.resize_tensor_input(0, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    pool = [t for t in interpreter.get_tensor_details() if "pool1" in t["name"]][0]
+    scale, zp = pool["quantization"]
+    ref = scale * (interpreter.get_tensor(pool["index"]).astype(np.float64) - zp)
+    probe = keras.Model(qmodel.inputs, qmodel.get_layer("pool1").output)
+    keras_pool = probe.predict(x, verbose=0)
+    diff = np.abs(keras_pool - ref) / scale
+    row = by_layer["pool1"]
+    assert row.max_abs_diff_lsb == pytest.approx(diff.max(), abs=1e-3)
+    assert row.keras_exact_fraction == pytest.approx(np.mean(diff < 0.5))
+    assert row.keras_local_exact_fraction == 1.0     # max-pool copies its input exactly
+    assert row.scale == pytest.approx(scale) and row.zero_point == zp
+    assert all(r.bit_exact_fraction == 1.0 for r in report.per_layer)
+
+
+def test_report_prints_and_serialises(report):
+    text = str(report)
+    assert "simulator vs ref:  100.00 %" in text and "pool1" in text
+    back = json.loads(json.dumps(report.to_dict()))
+    assert back["bit_exact_fraction"] == 1.0
+    assert len(back["per_layer"]) == len(report.per_layer)
+    assert back["within_tolerance"] == report.within_tolerance
+
+
+def test_a_changed_keras_layer_is_named_first(setup):
+    qmodel, path, data, x = setup
+    changed = keras.models.clone_model(qmodel)
+    changed.set_weights(qmodel.get_weights())
+    kernel = changed.get_layer("quant_conv2").layer.kernel
+    kernel.assign(kernel.numpy() * 1.3)          # TFLite still holds the old weights
+    report = tfquant.verify(changed, data, x, xnnpack=False)
+    local = [r.layer for r in report.per_layer
+             if r.keras_local_exact_fraction is not None and r.keras_local_exact_fraction < 0.9]
+    assert local[0] == "conv2"
+    by_layer = {r.layer: r for r in report.per_layer}
+    assert by_layer["relu1"].keras_local_exact_fraction > 0.98      # unchanged layer
+    assert by_layer["conv2"].keras_local_exact_fraction < 0.9        # the changed one
+    assert report.bit_exact_fraction == 1.0
+
+
+def test_a_simulator_mismatch_is_found_at_its_tensor(setup, monkeypatch):
+    qmodel, path, data, x = setup
+    original = IntegerModel.run
+
+    def broken(self, *xs, **kwargs):
+        values = original(self, *xs, **kwargs)
+        conv2 = [i for i, n in self.tensor_names.items() if "quant_conv2" in n][0]
+        values[conv2] = values[conv2].copy()
+        values[conv2].flat[0] ^= 1
+        return values
+
+    monkeypatch.setattr(IntegerModel, "run", broken)
+    report = tfquant.verify(qmodel, data, x, xnnpack=False, per_layer=True)
+    assert report.xnnpack_bit_exact_fraction is None
+    assert report.first_disagreement("simulator").layer == "conv2"
+    assert report.first_disagreeing_layer == "conv2"
+    assert report.simulator_all_tensors_exact is False
+
+
+def test_int8_io_model_and_dataset_input(setup, tmp_path):
+    import tensorflow as tf
+
+    qmodel, _, _, x = setup
+    data = tfquant.export.tflite(qmodel, input_type="int8")
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(32)
+    report = tfquant.verify(qmodel, data, dataset, max_samples=40)
+    assert report.io_types == ("int8", "int8")
+    assert report.samples == 40
+    assert report.bit_exact_fraction == 1.0
+    assert report.max_abs_diff_lsb <= 3
+
+
+def test_bad_inputs_give_clear_errors(setup, tmp_path):
+    qmodel, path, data, x = setup
+    with pytest.raises(FileNotFoundError, match="missing.tflite"):
+        tfquant.verify(qmodel, tmp_path / "missing.tflite", x)
+    cut = tmp_path / "cut.tflite"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.tflite.*(corrupt|truncated)"):
+        tfquant.verify(qmodel, cut, x)
+    with pytest.raises(ValueError, match="shape"):
+        tfquant.verify(qmodel, data, x[:, :4])
