@@ -24,6 +24,8 @@ from tfquant.quantizers import (BinaryQuantizer, DoReFaQuantizer, LSQQuantizer, 
 from tfquant.quantizers.binary import LatentWeightClip, constrain_latent_weights  # noqa: E402
 from tfquant.report import QuantizationReport  # noqa: E402
 from tfquant.specs import LayerSpec, QuantConfig, TensorSpec  # noqa: E402
+from tfquant import simulate  # noqa: E402
+from tfquant.verify import VerificationReport, verify  # noqa: E402  (tfquant.verify(...))
 
 __version__ = "0.1.0"
 
@@ -34,4 +36,5 @@ __all__ = [
     "QuantConfig", "TensorSpec", "export", "ptq", "calibrate", "dynamic_range",
     "analysis", "quantization", "quantize_scope", "from_config_list", "BinaryQuantizer",
     "DoReFaQuantizer", "TernaryQuantizer", "LatentWeightClip", "constrain_latent_weights",
+    "simulate", "verify", "VerificationReport",
 ]
