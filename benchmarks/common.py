@@ -3,7 +3,10 @@
 * :func:`run_tfmot` runs the tfmot baseline (``benchmarks/tfmot_worker.py``) in the
   separate legacy-Keras virtual environment ``.venv-tfmot`` and returns its JSON;
 * :func:`write_results` writes ``benchmarks/results/<name>.json``;
-* :func:`markdown_table` formats rows of results as a Markdown table.
+* :func:`markdown_table` formats rows of results as a Markdown table;
+* :func:`epoch_orders` gives the seeded per-epoch sample orders both frameworks train with;
+* :func:`save_layer_weights` / :func:`load_layer_weights` hand trained weights from Keras 3
+  to the ``tf_keras`` model of the same architecture (numpy ``.npz``, keyed by layer name).
 
 This module imports only the standard library, so benchmark scripts can import it
 (``from common import run_tfmot``; a script's own folder is on ``sys.path``) from
@@ -30,8 +33,11 @@ __all__ = [
     "TFMOT_VENV_COMMANDS",
     "TfmotError",
     "TfmotUnavailableError",
+    "epoch_orders",
+    "load_layer_weights",
     "markdown_table",
     "run_tfmot",
+    "save_layer_weights",
     "tfmot_available",
     "tfmot_python",
     "write_results",
@@ -238,3 +244,83 @@ def markdown_table(rows: Iterable[Mapping[str, Any]],
     body = ["| " + " | ".join(_fmt(row.get(c), floatfmt) for c in columns) + " |"
             for row in rows]
     return "\n".join([header, rule, *body]) + "\n"
+
+
+def epoch_orders(n: int, epochs: int, seed: int) -> List[Any]:
+    """The sample order of every epoch: ``numpy.random.default_rng(seed)`` permutations.
+
+    Both sides of a comparison (Keras 3 / tfquant and ``tf_keras`` / tfmot) train one
+    ``fit(x[order], y[order], shuffle=False)`` per epoch with these orders, so they see the
+    same batches in the same order.
+
+    Args:
+        n: Number of training samples.
+        epochs: Number of epochs.
+        seed: Seed of the generator.
+
+    Returns:
+        ``epochs`` integer arrays, each a permutation of ``range(n)``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [rng.permutation(n) for _ in range(epochs)]
+
+
+def save_layer_weights(model: Any, path: Path) -> Path:
+    """Writes every layer's weights (``layer.get_weights()`` order) to ``path`` (``.npz``).
+
+    Keys are ``"<layer name>/<index>"``; Keras 3 and ``tf_keras`` list the weights of the
+    layers used by ``tfquant/zoo.py`` in the same order (kernel, bias; gamma, beta, moving
+    mean, moving variance), so :func:`load_layer_weights` restores them in either.
+    """
+    import numpy as np
+
+    arrays = {f"{layer.name}/{i}": np.asarray(w)
+              for layer in model.layers for i, w in enumerate(layer.get_weights())}
+    path = Path(path)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def load_layer_weights(model: Any, path: Path) -> int:
+    """Sets the weights saved by :func:`save_layer_weights` into ``model`` (by layer name).
+
+    Raises:
+        ValueError: A layer with weights is missing from the file, the file has a layer the
+            model lacks, or a shape differs (the message names the layer); nothing is set then.
+
+    Returns:
+        The number of weight arrays set.
+    """
+    import numpy as np
+
+    with np.load(path) as data:
+        saved: Dict[str, Dict[int, Any]] = {}
+        for key in data.files:
+            name, _, index = key.rpartition("/")
+            saved.setdefault(name, {})[int(index)] = data[key]
+    plan = []
+    for layer in model.layers:
+        current = layer.get_weights()
+        if not current:
+            continue
+        if layer.name not in saved:
+            raise ValueError(f"{path}: no weights for layer {layer.name!r}")
+        entry = saved.pop(layer.name)
+        if sorted(entry) != list(range(len(current))):
+            raise ValueError(f"{path}: layer {layer.name!r} has {len(entry)} saved weights, "
+                             f"the model expects {len(current)}")
+        arrays = [entry[i] for i in range(len(current))]
+        for i, (a, b) in enumerate(zip(arrays, current)):
+            if a.shape != b.shape:
+                raise ValueError(f"{path}: layer {layer.name!r} weight {i} has shape {a.shape}, "
+                                 f"the model expects {b.shape}")
+        plan.append((layer, arrays))
+    leftover = [name for name, w in saved.items() if w]
+    if leftover:
+        raise ValueError(f"{path}: weights for layers the model does not have: {leftover}")
+    for layer, arrays in plan:
+        layer.set_weights(arrays)
+    return sum(len(a) for _, a in plan)

@@ -11,11 +11,19 @@ Protocol (each phase runs ``warmup_epochs + epochs`` epochs in one ``fit`` call;
 first ``warmup_epochs`` include tracing and are excluded from the steady per-epoch
 time):
 
-1. float: build, compile (Adam, sparse categorical cross-entropy), train, evaluate;
+1. float: build, compile (Adam, sparse categorical cross-entropy), train, evaluate; or,
+   with ``--init-weights W.npz`` (written by ``common.save_layer_weights`` from the Keras 3
+   model of the same architecture), load those trained weights, train ``--epochs`` more
+   (normally 0) and evaluate: then tfmot's QAT starts from exactly the float model the
+   tfquant side quantizes;
 2. QAT: ``tfmot.quantization.keras.quantize_model`` (or ``quantize_apply`` with the
    n-bit scheme), recompile, train, evaluate;
 3. optionally convert the QAT model with ``Optimize.DEFAULT`` and int8 input/output and
    measure the accuracy of the TFLite interpreter on the test split.
+
+With ``--fixed-order`` every ``fit`` runs one epoch at a time on the samples in the order
+of ``common.epoch_orders(n, epochs, seed)`` (``shuffle=False``), the same batches in the
+same order as the tfquant side sees with that helper.
 
 Exactly one JSON object is printed on stdout (everything else goes to stderr); on
 failure it has ``"ok": false`` with the error and traceback, and the exit code is 1.
@@ -107,6 +115,10 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--tflite", action=argparse.BooleanOptionalAction, default=True,
                    help="convert the QAT model to int8 TFLite and measure its accuracy")
     p.add_argument("--save-tflite", default=None, help="write the .tflite file here")
+    p.add_argument("--init-weights", default=None,
+                   help=".npz of trained float weights by layer name (common.save_layer_weights)")
+    p.add_argument("--fixed-order", action=argparse.BooleanOptionalAction, default=False,
+                   help="train on common.epoch_orders(n, epochs, seed), one fit per epoch")
     p.add_argument("--threads", type=int, default=0,
                    help="TF intra/inter-op threads (0: TensorFlow's default)")
     return p.parse_args(argv)
@@ -146,7 +158,14 @@ def _fit(keras: Any, model: Any, x: Any, y: Any, epochs: int, args: argparse.Nam
     )
     times: List[float] = []
     logs: Dict[str, float] = {}
-    if epochs > 0:
+    if epochs > 0 and args.fixed_order:
+        from common import epoch_orders
+
+        for order in epoch_orders(len(x), epochs, args.seed):
+            hist = model.fit(x[order], y[order], batch_size=args.batch_size, epochs=1,
+                             shuffle=False, verbose=0, callbacks=[_EpochTimer.make(keras, times)])
+            logs = {k: float(v[-1]) for k, v in hist.history.items()}
+    elif epochs > 0:
         hist = model.fit(x, y, batch_size=args.batch_size, epochs=epochs, shuffle=True,
                          verbose=0, callbacks=[_EpochTimer.make(keras, times)])
         logs = {k: float(v[-1]) for k, v in hist.history.items()}
@@ -234,11 +253,18 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     model = zoo.build(args.model, x_train.shape[1:], num_classes, seed=args.seed,
                       keras_module=keras)
     warmup = max(args.warmup_epochs, 0)
+    if args.init_weights:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from common import load_layer_weights
 
-    # 1. float training.
-    float_times, float_logs = _fit(keras, model, x_train, y_train, warmup + args.epochs,
-                                   args, args.lr)
+        load_layer_weights(model, Path(args.init_weights))
+        warmup = 0 if args.epochs == 0 else warmup
+
+    # 1. float training (or the given weights).
+    float_epochs = warmup + args.epochs
+    float_times, float_logs = _fit(keras, model, x_train, y_train, float_epochs, args, args.lr)
     float_result: Dict[str, Any] = {"epochs": args.epochs, **_timing(float_times, warmup)}
+    float_result["init_weights"] = args.init_weights
     float_result["train_accuracy"] = float_logs.get("accuracy")
     float_result.update(_evaluate(model, x_test, y_test, args.batch_size))
 
@@ -287,6 +313,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         "seed": args.seed,
         "lr": args.lr,
         "qat_lr": args.qat_lr,
+        "fixed_order": bool(args.fixed_order),
         "scheme": {"name": kind, "weight_bits": w_bits, "activation_bits": a_bits},
         "params": int(model.count_params()),
         "float": float_result,
