@@ -5,7 +5,8 @@ The quantized model runs eagerly on the calibration data with every quantizer in
 pass it through unquantized, weights stay float too, so each observer sees the float model's
 activations (as TFLite's converter calibrates). Afterwards each quantizer receives its range
 through ``set_range``: the same variables QAT trains, so a calibrated model exports as is, or
-fine-tunes with QAT.
+fine-tunes with QAT (EMA activation ranges then continue from the calibrated ones instead of
+restarting from the first training batch).
 
 Example:
     >>> qmodel = tfquant.quantize_model(model)
