@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -76,7 +77,8 @@ def qmodel(configured):
 
 
 def _state(qmodel):
-    return [v.numpy().copy() for t in encoding_targets(qmodel) for v in t.quantizer.weights]
+    """Every variable of the model (float weights, BN statistics, quantizer ranges)."""
+    return [v.numpy().copy() for v in qmodel.weights]
 
 
 def _same_state(a, b) -> bool:
@@ -139,32 +141,60 @@ def test_4bit_offsets_and_levels(data):
 
 
 # ------------------------------------------------------------------------ naming
-def test_names_match_h5_savedmodel_and_folded_model(qmodel, tmp_path):
+def _h5_contents(path) -> tuple[set, set]:
+    """(weight dataset paths under model_weights, layer names of model_config) via h5py."""
+    datasets = []
+    with h5py.File(path) as h5:
+        h5["model_weights"].visititems(
+            lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        config = json.loads(h5.attrs["model_config"])
+    return set(datasets), {layer["config"]["name"] for layer in config["config"]["layers"]}
+
+
+def _pb_contents(directory) -> tuple[set, set, set]:
+    """(variable names, op name scopes of the serving function, its argument names), read from
+    ``saved_model.pb`` with the SavedModel protobuf (no TensorFlow loading)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(directory, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    graph = proto.meta_graphs[0].graph_def
+    variables = {node.name for node in graph.node if node.op == "VarHandleOp"}
+    scopes, arguments = set(), set()
+    for function in graph.library.function:
+        if "__call__" in function.signature.name and "signature_wrapper" not in \
+                function.signature.name:
+            arguments |= {arg.name for arg in function.signature.input_arg}
+            for node in function.node_def:
+                # <model>_<n>/<layer>_<n>/<op>: Keras numbers each traced call's name scope
+                scopes |= {re.sub(r"_\d+$", "", part) for part in node.name.split("/")[:-1]}
+    return variables, scopes, arguments
+
+
+def test_names_exist_in_the_h5_and_savedmodel_files(qmodel, tmp_path):
     doc = encodings(qmodel, version="1.0.0")
     params = {e["name"]: e for e in doc["param_encodings"]}
     acts = [e["name"] for e in doc["activation_encodings"]]
     assert set(params) == {"conv1/kernel", "dw/kernel", "pw/kernel", "fc/kernel"}
-    assert "image_quantizer" in acts and "relu1" in acts and "fc" in acts and "add" in acts
+    assert {"image", "relu1", "relu2", "pw", "add", "gap", "fc"} <= set(acts)
     assert "conv1" not in acts  # its ReLU is fused: the encoding sits on relu1's output
 
-    path = tfquant.export.keras_h5(qmodel, tmp_path / "m.h5")
-    with h5py.File(path) as h5:
-        for name, entry in params.items():
-            layer, attr = name.split("/")
-            dataset = h5[f"model_weights/{layer}/{layer}/{attr}"]
-            shape = dataset.shape
-            channels = shape[-2] * shape[-1] if layer == "dw" else shape[-1]
-            assert len(entry["scale"]) in (1, channels), name
-    folded = tfquant.export.folded_float_model(qmodel)
-    assert {v.path for v in folded.weights} >= set(params)
-    layer_names = {layer.name for layer in folded.layers}
-    assert all(name.split("/")[0] in layer_names for name in acts)
-
-    if qmodel.get_layer("quant_fc").weight_quantizers["kernel"].spec.learner == "minmax":
-        sm = tfquant.export.saved_model(qmodel, tmp_path / "sm")
-        loaded = tf.saved_model.load(sm)
-        names = {v.name for v in loaded.variables}
-        assert {f"{name}:0" for name in params} <= names
+    datasets, layers = _h5_contents(tfquant.export.keras_h5(qmodel, tmp_path / "m.h5"))
+    variables, scopes, arguments = _pb_contents(
+        tfquant.export.saved_model(qmodel, tmp_path / "sm"))
+    for name, entry in params.items():
+        layer = name.split("/")[0]
+        assert f"{layer}/{name}" in datasets, (name, datasets)
+        assert name in variables, (name, variables)
+        with h5py.File(tmp_path / "m.h5") as h5:
+            shape = h5[f"model_weights/{layer}/{name}"].shape
+        channels = shape[-2] * shape[-1] if layer == "dw" else shape[-1]
+        assert len(entry["scale"]) in (1, channels), name
+    for name in acts:
+        layer = name.split("/")[0]
+        assert layer in layers, (name, layers)
+        assert layer in scopes or layer in arguments, (name, scopes, arguments)
 
 
 # ------------------------------------------------------------------ round trips
@@ -181,6 +211,26 @@ def test_round_trip_gives_identical_outputs(configured, data, tmp_path, version)
     load_encodings(other, path)
     np.testing.assert_array_equal(other.predict(x, verbose=0), want)
     assert encodings(other, version=version) == doc
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_round_trip_into_a_fresh_quantize_model(config, data, tmp_path):
+    x = data[:16]
+    source = tfquant.quantize_model(_float_model(), config)
+    if config == "tflite_int8":
+        tfquant.calibrate(source, data, verbose=0)  # ranges from data; weights untouched
+    for target in encoding_targets(source):  # ranges (LSQ steps, PACT clips) off their init
+        for var in target.quantizer.weights:
+            if var.dtype == "float32":
+                var.assign(var.numpy() * 1.7)
+    want = source.predict(x, verbose=0)
+    path = tmp_path / "m.encodings.json"
+    encodings(source, path, version="1.0.0")
+
+    fresh = tfquant.quantize_model(_float_model(), config)  # same float weights, own ranges
+    assert not np.array_equal(fresh.predict(x, verbose=0), want)
+    load_encodings(fresh, path)
+    np.testing.assert_array_equal(fresh.predict(x, verbose=0), want)
 
 
 def test_round_trip_from_scale_and_offset_only(configured, data):
@@ -238,6 +288,19 @@ def test_unrepresentable_encoding_rolls_back_everything(data):
     with pytest.raises(ValueError, match="pw/kernel.*symmetric"):
         load_encodings(target, doc)
     assert _same_state(before, _state(target))  # entries applied before the failure undone
+
+
+def test_unreadable_file_names_the_file(qmodel, tmp_path):
+    before = _state(qmodel)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": "1.0.0", "param_encodings": [')  # truncated
+    with pytest.raises(ValueError, match="broken.json.*not valid JSON"):
+        load_encodings(qmodel, broken)
+    with pytest.raises(ValueError, match="JSON object"):
+        load_encodings(qmodel, [])
+    with pytest.raises(FileNotFoundError):
+        load_encodings(qmodel, tmp_path / "absent.json")
+    assert _same_state(before, _state(qmodel))
 
 
 def test_missing_directory_writes_nothing(qmodel, tmp_path):

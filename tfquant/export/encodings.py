@@ -11,8 +11,10 @@ Tensor names refer to the folded float model written by :func:`~tfquant.export.k
   ``(kh, kw, in, multiplier)`` has ``in * multiplier`` channels in row-major order.
 * ``activation_encodings``: the name of the layer whose output is quantized, e.g. ``"relu1"``
   (a ReLU fused into the convolution before it carries the output encoding), ``"add"``, or
-  ``"input_layer_quantizer"`` (a model input quantizer; an ``Identity`` layer of that name in
-  the folded model). Tensors inside a layer that TFLite keeps separate are
+  the model input's name (``"image"``) for an input quantizer. In the ``.h5`` these are the
+  layer names of ``model_config``; in the SavedModel graph the tensor is the last op under
+  the name scope ``<model>/<layer>_<n>/`` of the serving function (the input: its argument
+  ``<name>``). Tensors inside a layer that TFLite keeps separate are
   ``"<layer>/pre_activation"`` (before a non-fused activation such as softmax) and
   ``"<layer>/intermediate"`` (between the two products of a separable convolution).
 
@@ -85,12 +87,12 @@ def encoding_targets(qmodel: keras.Model) -> list[EncodingTarget]:
 
     Example:
         >>> [(t.kind, t.name) for t in encoding_targets(qat)][:2]
-        [('activation', 'input_layer_quantizer'), ('param', 'conv1/kernel')]
+        [('activation', 'image'), ('param', 'conv1/kernel')]
     """
     targets = []
     for layer in _all_layers(qmodel):
         if isinstance(layer, Quantizer):
-            targets.append(EncodingTarget(layer.name, "activation", layer))
+            targets.append(EncodingTarget(_source_name(layer), "activation", layer))
         elif isinstance(layer, QuantizeWrapper):
             inner = layer.layer.name
             for attr, q in layer.weight_quantizers.items():
@@ -106,6 +108,18 @@ def encoding_targets(qmodel: keras.Model) -> list[EncodingTarget]:
     if clashes:
         raise ValueError(f"several quantizers map to the same encodings name: {clashes}")
     return targets
+
+
+def _source_name(quantizer: Quantizer) -> str:
+    """The name of the tensor a standalone quantizer quantizes: its producer's name (the
+    model input's name for an input quantizer), else the quantizer's own name."""
+    nodes = getattr(quantizer, "_inbound_nodes", None) or []
+    tensors = list(getattr(nodes[0], "input_tensors", ())) if len(nodes) == 1 else []
+    history = getattr(tensors[0], "_keras_history", None) if len(tensors) == 1 else None
+    if history is None:
+        return quantizer.name
+    producer = history[0]
+    return producer.layer.name if isinstance(producer, QuantizeWrapper) else producer.name
 
 
 # ------------------------------------------------------------------------ export
@@ -214,10 +228,13 @@ class _Encoding:
 
 
 def _read(source: str | os.PathLike | Mapping) -> Mapping:
-    if isinstance(source, Mapping):
-        return source
+    if not isinstance(source, (str, os.PathLike)):
+        return source  # a document (checked by the caller)
     with open(os.fspath(source)) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{os.fspath(source)!r} is not valid JSON ({err})") from None
 
 
 def _parse_channels(name: str, channels: list, problems: list[str]) -> _Encoding | None:
