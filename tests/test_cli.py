@@ -161,16 +161,23 @@ def test_quantize_ptq_from_images_with_tflite(files, tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
-def test_quantize_qat(files, tmp_path):
+def test_quantize_qat(files, tmp_path, capsys):
+    from tfquant.analysis.sensitivity import is_quantized
+
     out = tmp_path / "qat.keras"
-    proc = run_cli("quantize", files / "float.keras", "--calibration", files / "calib.npy",
-                   "--labels", files / "labels.txt", "--qat-epochs", "1", "-o", out, "-q",
-                   cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == f"wrote {out}"  # -q: results only
+    code, stdout, err = run_main(capsys, "quantize", files / "float.keras", "--calibration",
+                                 files / "calib.npy", "--labels", files / "labels.txt",
+                                 "--qat-epochs", "2", "--learning-rate", "1e-2", "-o", out,
+                                 "-q")
+    assert code == 0, err
+    assert stdout.strip() == f"wrote {out}"  # -q: results only
     qmodel = keras.saving.load_model(out)
-    x = np.load(files / "calib.npy")[:4]
-    assert qmodel.predict(x, verbose=0).shape == (4, 10)
+    assert is_quantized(qmodel)
+    # trained: the Dense kernel moved away from the float model's
+    float_kernel = keras.saving.load_model(files / "float.keras").get_layer(
+        "predictions").get_weights()[0]
+    qat_kernel = next(w for w in qmodel.weights if w.path.endswith("predictions/kernel"))
+    assert np.max(np.abs(np.asarray(qat_kernel) - float_kernel)) > 1e-3
 
 
 def test_quantize_wrong_shape(files, tmp_path):
@@ -313,6 +320,16 @@ def test_analyze_subclassed_model(files, tmp_path):
      ["data", "does not exist"]),
     (["analyze", "{float.keras}", "--data", "{calib.npy}", "-o", "{out}/r.txt"],
      ["must end in .html"]),
+    # conversion fails after PTQ: neither the .keras nor the .tflite is written
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--methods", "none", "--tflite", "{out}/q.tflite", "--mode", "int16x8"],
+     ["int16x8"]),
+    # TFLite conversion fails: the encodings and the .h5 are not written either
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--encodings", "{out}/e.json", "--h5",
+      "{out}/e.h5", "--mode", "int16x8"], ["cannot be exported to TFLite int16x8"]),
+    (["verify", "{q.keras}", "{q.tflite}", "--data", "{calib.npy}", "--tolerance-lsb", "-1"],
+     ["--tolerance-lsb", "expected a positive number"]),
+    (["demo", "--float-epochs", "0"], ["--float-epochs", "expected a positive integer"]),
 ])
 def test_bad_input_in_process(files, quantized, tmp_path, capsys, args, fragments):
     argv = [_expand(a, files, tmp_path) for a in args]
@@ -322,7 +339,19 @@ def test_bad_input_in_process(files, quantized, tmp_path, capsys, args, fragment
     line = error_line(err, verb)
     for fragment in fragments:
         assert fragment in line, line
-    assert not [p for p in tmp_path.iterdir() if p.suffix in (".keras", ".tflite", ".html")]
+    assert not list(tmp_path.iterdir())  # nothing written, not even a partial file
+
+
+def test_failed_quantize_keeps_existing_outputs(files, tmp_path, capsys):
+    out, tflite = tmp_path / "q.keras", tmp_path / "q.tflite"
+    out.write_bytes(b"earlier model")
+    tflite.write_bytes(b"earlier tflite")
+    code, _, err = run_main(capsys, "quantize", files / "float.keras", "--calibration",
+                            files / "calib.npy", "-o", out, "--methods", "none", "--tflite",
+                            tflite, "--mode", "int16x8")
+    assert code == EXIT_ERROR and "int16x8" in error_line(err, "quantize")
+    assert out.read_bytes() == b"earlier model" and tflite.read_bytes() == b"earlier tflite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.keras", "q.tflite"]
 
 
 def _expand(arg: str, files: Path, out: Path) -> str:
@@ -373,9 +402,32 @@ def test_cli_data_formats(files, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs(tmp_path, capsys):
-    code, out, _ = run_main(capsys, "demo", "--output-dir", tmp_path, "--float-epochs", "1",
-                            "--qat-epochs", "1")
-    assert code == 0
-    assert "TFLite int8" in out
-    assert (tmp_path / "demo.tflite").exists() and (tmp_path / "demo_qat.keras").exists()
+def test_demo_runs(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfquant import datasets
+
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--output-dir", out, "--float-epochs", "1", "--qat-epochs", "1",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "TFLite int8" in proc.stdout
+    # the files it wrote: the TFLite model predicts what the QAT model predicts
+    qat = keras.saving.load_model(out / "demo_qat.keras")
+    interpreter = Interpreter(model_path=str(out / "demo.tflite"))
+    (_, _), (x, _) = datasets.load_digits()
+    x = x[:32]
+    inp, outp = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    tflite_top1 = interpreter.get_tensor(outp["index"]).argmax(-1)
+    assert np.mean(tflite_top1 == qat.predict(x, verbose=0).argmax(-1)) >= 0.9
+
+
+def test_demo_bad_output_dir(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    proc = run_cli("demo", "--output-dir", tmp_path / "file", cwd=tmp_path)
+    assert_cli_error(proc, "demo", "--output-dir", "not a directory")
+    assert (tmp_path / "file").read_text() == "not a directory"

@@ -7,8 +7,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 
-from tfquant.cli.common import EXIT_OK, non_negative, positive
+from tfquant.cli.common import EXIT_OK, CLIError, non_negative, positive
 
 HELP = "train, QAT fine-tune, export and verify a CNN on the bundled digits data"
 
@@ -33,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     """Runs :func:`tfquant.demo.run` with the options of ``args``."""
     from tfquant import demo
 
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise CLIError(f"--output-dir {args.output_dir!r} exists and is not a directory")
     demo.run(output_dir=args.output_dir, float_epochs=args.float_epochs,
              qat_epochs=args.qat_epochs, seed=args.seed)
     return EXIT_OK
