@@ -8,7 +8,8 @@ Example:
     >>> tfquant.export.load_encodings(other_qat, "m.encodings.json")
 """
 
-from tfquant.export.encodings import encoding_targets, encodings, load_encodings
+from tfquant.export.encodings import encoding_targets, encodings
+from tfquant.export.encodings_load import load_encodings
 from tfquant.export.folding import folded_float_model
 from tfquant.export.formats import keras_file, keras_h5, saved_model
 from tfquant.export.tflite import check_exportable, float_ops, tflite
