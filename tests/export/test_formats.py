@@ -53,6 +53,20 @@ def _unquantized_predictions(qmodel, x):
             q.enabled = True
 
 
+def _numpy_reference(qmodel, x):
+    """conv (3x3 valid, no bias) -> BN (moving statistics) -> ReLU -> flatten -> dense, in
+    float64 numpy from the variables of ``qmodel`` (the float computation the exports hold)."""
+    wrapper = qmodel.get_layer("quant_conv")
+    kernel = wrapper.layer.kernel.numpy().astype(np.float64)
+    bn = wrapper.batchnorm
+    patches = np.stack([x[:, i:i + 4, j:j + 4, :] for i in range(3) for j in range(3)], axis=3)
+    y = np.einsum("nhwkc,kco->nhwo", patches, kernel.reshape(9, 2, 4))
+    y = (y - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+    y = np.maximum(y * bn.gamma.numpy() + bn.beta.numpy(), 0.0)
+    fc = qmodel.get_layer("quant_fc").layer
+    return y.reshape(len(x), -1) @ fc.kernel.numpy() + fc.bias.numpy()
+
+
 def _leftovers(directory) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if "partial" in p.name)
 
@@ -61,8 +75,9 @@ def test_h5_holds_the_folded_float_model(qmodel, data, tmp_path):
     path = tfquant.export.keras_h5(qmodel, tmp_path / "m.h5")
     loaded = keras.models.load_model(path, compile=False)
     assert not any("quant" in layer.name for layer in loaded.layers if layer.weights)
-    np.testing.assert_allclose(loaded.predict(data, verbose=0),
-                               _unquantized_predictions(qmodel, data), rtol=1e-5, atol=1e-5)
+    got = loaded.predict(data, verbose=0)
+    np.testing.assert_allclose(got, _unquantized_predictions(qmodel, data), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, _numpy_reference(qmodel, data), rtol=1e-4, atol=1e-5)
     assert _leftovers(tmp_path) == []
 
 
@@ -79,9 +94,10 @@ def test_keras_file_folded_and_quantized(qmodel, data, tmp_path):
 def test_saved_model_serving_default(qmodel, data, tmp_path):
     directory = tfquant.export.saved_model(qmodel, tmp_path / "sm")
     serve = tf.saved_model.load(directory).signatures["serving_default"]
-    (out,) = serve(tf.constant(data)).values()
+    (out,) = serve(image=tf.constant(data)).values()
     np.testing.assert_allclose(out.numpy(), _unquantized_predictions(qmodel, data),
                                rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), _numpy_reference(qmodel, data), rtol=1e-4, atol=1e-5)
     # writing again replaces the earlier SavedModel; a foreign directory is refused
     tfquant.export.saved_model(qmodel, directory)
     foreign = tmp_path / "notes"
@@ -120,3 +136,21 @@ def test_failure_while_writing_leaves_no_partial_file(qmodel, tmp_path, monkeypa
     with pytest.raises(OSError, match="disk full"):
         tfquant.export.keras_h5(qmodel, target)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_savedmodel_export_keeps_the_earlier_one(qmodel, tmp_path, monkeypatch):
+    directory = tfquant.export.saved_model(qmodel, tmp_path / "sm")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "sm").rglob("*") if p.is_file()}
+
+    class Broken:
+        def export(self, path, **kwargs):
+            with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+                f.write(b"half a graph")
+            raise OSError("disk full")
+
+    monkeypatch.setattr(formats, "folded_float_model", lambda _: Broken())
+    with pytest.raises(OSError, match="disk full"):
+        tfquant.export.saved_model(qmodel, directory)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "sm").rglob("*") if p.is_file()}
+    assert after == before
+    assert _leftovers(tmp_path) == [] and sorted(os.listdir(tmp_path)) == ["sm"]
