@@ -67,9 +67,23 @@ def test_int16x8_matches_fake_quant_within_two_lsb():
     got, want = _run(flat, data), qmodel.predict(data, verbose=0)
     lsb = float(qmodel.get_layer("quant_fc").output_quantizer.quant_params().scale)
     diff = np.abs(got - want) / lsb
+    print(f"int16x8 vs fake-quant: {np.mean(diff <= 1.001):.2%} within 1 LSB, "
+          f"{np.mean(diff <= 2.001):.2%} within 2 LSB, max {diff.max():.2f} LSB, "
+          f"mean {diff.mean():.3f} LSB (LSB = {lsb:.3g})")
     # measured: 99.7 % within 2 LSB, max 3 LSB (the fake-quant model rounds in float)
     assert np.mean(diff <= 2.001) >= 0.99, np.mean(diff <= 2.001)
     assert diff.max() <= 4.001, diff.max()
+
+    # int16 inputs/outputs: the same model behind the interface quantization
+    flat16 = tfquant.export.tflite(qmodel, mode="int16x8", input_type="int16")
+    interpreter = Interpreter(model_content=flat16)
+    (in_scale, in_zp), (out_scale, out_zp) = (interpreter.get_input_details()[0]["quantization"],
+                                              interpreter.get_output_details()[0]["quantization"])
+    assert in_zp == 0 and out_zp == 0 and out_scale == pytest.approx(lsb, rel=1e-6)
+    x16 = np.clip(np.round(data / in_scale), -32768, 32767).astype(np.int16)
+    y16 = _run(flat16, x16)
+    assert y16.dtype == np.int16
+    np.testing.assert_allclose(y16 * out_scale, got, atol=1.001 * lsb, rtol=0)
 
 
 def test_int16x8_refuses_8bit_activations(tmp_path):

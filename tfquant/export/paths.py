@@ -25,7 +25,20 @@ def check_output_path(path: str | os.PathLike) -> str:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Writes ``data`` to a temporary file beside ``path`` and renames it into place."""
+    """Writes ``data`` to a temporary file beside ``path`` and renames it into place.
+
+    A failure while writing removes the temporary file and leaves ``path`` as it was.
+
+    Args:
+        path: the destination file; its directory must exist.
+        data: bytes (written in binary) or text.
+
+    Raises:
+        FileNotFoundError: the directory is missing (nothing is written).
+
+    Example:
+        >>> write_atomic("out/model.tflite", flatbuffer)
+    """
     path = check_output_path(path)
     mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".partial")

@@ -127,7 +127,19 @@ def _all_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:
 
 
 def all_quantizers(model: keras.Model) -> Iterable[tuple[str, Quantizer]]:
-    """``(label, quantizer)`` for every quantizer of a model, labelled ``layer/role``."""
+    """``(label, quantizer)`` for every quantizer of a model, labelled ``layer/role``.
+
+    Args:
+        model: a quantized model (nested models are searched too).
+
+    Returns:
+        An iterator of ``(label, quantizer)``: standalone quantizers by their layer name,
+        wrapper quantizers as ``"<layer>/<role>"`` (e.g. ``"conv1/weights/kernel"``).
+
+    Example:
+        >>> [label for label, _ in all_quantizers(qat)][:2]
+        ['image_quantizer', 'conv1/weights/kernel']
+    """
     for layer in _all_layers(model):
         if isinstance(layer, Quantizer):
             yield layer.name, layer
