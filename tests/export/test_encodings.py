@@ -314,6 +314,12 @@ def test_missing_directory_writes_nothing(qmodel, tmp_path):
 def test_0_6_1_structure(qmodel):
     doc = encodings(qmodel, version="0.6.1")
     assert doc["version"] == "0.6.1"
+    # quantizer_args as AIMET's specification types them (flags as "True"/"False" strings)
+    args = doc["quantizer_args"]
+    assert set(args) == {"activation_bitwidth", "dtype", "is_symmetric", "param_bitwidth",
+                         "per_channel_quantization", "quant_scheme"}
+    assert args["is_symmetric"] == "True" and args["per_channel_quantization"] == "True"
+    assert args["dtype"] == "int" and isinstance(args["param_bitwidth"], int)
     for section in ("activation_encodings", "param_encodings"):
         for name, channels in doc[section].items():
             assert isinstance(channels, list) and channels

@@ -217,3 +217,16 @@ def test_float_ops_refused_before_writing(tmp_path):
     with pytest.warns(UserWarning, match="still computes"):
         tfquant.export.tflite(qmodel, tmp_path / "m.tflite", strict=False)
     assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
+def test_dynamic_range_refuses_asymmetric_and_wide_weights(tmp_path):
+    config = QuantConfig(LayerSpec(TensorSpec(bits=8, symmetric=True, learner="minmax"), None),
+                         by_name={"conv": {"weights": {"symmetric": False}},
+                                  "fc": {"weights": {"bits": 12}}})
+    qmodel = _small(config)
+    with pytest.raises(ValueError, match="dynamic_range") as info:
+        tfquant.export.tflite(qmodel, tmp_path / "m.tflite", mode="dynamic_range")
+    message = str(info.value)
+    assert "conv: kernel quantizer is asymmetric" in message, message
+    assert "fc: 12-bit kernel" in message, message
+    assert list(tmp_path.iterdir()) == []

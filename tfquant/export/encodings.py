@@ -204,9 +204,11 @@ def encodings(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
             "param_bitwidth": _most_common(
                 p.bits for n, p in params.items() if kinds[n] == "param"),
             "dtype": "int",
-            "per_channel_quantization": any(p.per_axis for n, p in params.items()
-                                            if kinds[n] == "param"),
-            "is_symmetric": all(p.symmetric for n, p in params.items() if kinds[n] == "param"),
+            # AIMET's specification: these two flags are the strings "True" / "False"
+            "per_channel_quantization": str(any(p.per_axis for n, p in params.items()
+                                                if kinds[n] == "param")),
+            "is_symmetric": str(all(p.symmetric for n, p in params.items()
+                                    if kinds[n] == "param")),
             "quant_scheme": "tfquant",
         },
         EXTENSION_KEY: {"state": {f"{t.kind}:{t.name}": _state(t.quantizer) for t in targets}},

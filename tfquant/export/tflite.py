@@ -267,10 +267,11 @@ def _dynamic_range(qmodel: keras.Model, path) -> bytes:
     values) already hold the fake-quantized values."""
     from tfquant.export.folding import folded_float_model
 
+    grids = _weight_grids(qmodel)  # raises before converting if a weight can't be int8
     converter = tf.lite.TFLiteConverter.from_keras_model(
         folded_float_model(qmodel, quantized_weights=True))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    data = _set_weight_integers(_convert(converter), _weight_grids(qmodel))
+    data = _set_weight_integers(_convert(converter), grids)
     if path is not None:
         write_atomic(path, data)
     return data
@@ -288,7 +289,7 @@ class _WeightGrid:
 
 
 def _weight_grids(qmodel: keras.Model) -> list[_WeightGrid]:
-    grids = []
+    grids, problems = [], []
     for layer in _all_layers(qmodel):
         if not isinstance(layer, QuantizeWrapper):
             continue
@@ -299,8 +300,12 @@ def _weight_grids(qmodel: keras.Model) -> list[_WeightGrid]:
         kernel = np.asarray(layer.folded_weights()["kernel"], np.float32)
         p = kernel_q.quant_params()
         if not p.symmetric:
-            raise ValueError(f"{inner.name}: kernel quantizer is asymmetric (zero point != 0); "
-                             "TFLite dynamic-range weights are symmetric")
+            problems.append(f"{inner.name}: kernel quantizer is asymmetric (zero point != 0); "
+                            "TFLite dynamic-range weights are symmetric")
+        if p.bits > 8:
+            problems.append(f"{inner.name}: {p.bits}-bit kernel; TFLite stores int8 weights")
+        if problems:
+            continue
         scale = np.asarray(p.scale, np.float32)
         if isinstance(inner, keras.layers.DepthwiseConv2D):  # (kh, kw, in, m) -> (1, kh, kw, in*m)
             kernel, axis = kernel.reshape((1,) + kernel.shape[:2] + (-1,)), 3
@@ -316,6 +321,9 @@ def _weight_grids(qmodel: keras.Model) -> list[_WeightGrid]:
         integers = np.clip(np.round(kernel / scale.reshape(shape)), p.qmin, p.qmax)
         grids.append(_WeightGrid(inner.name, integers.astype(np.int8), scale,
                                  axis if scale.ndim else None))
+    if problems:
+        raise ValueError("model cannot be exported to TFLite dynamic_range:\n  - "
+                         + "\n  - ".join(problems))
     return grids
 
 
