@@ -98,6 +98,12 @@ def test_saved_model_serving_default(qmodel, data, tmp_path):
     np.testing.assert_allclose(out.numpy(), _unquantized_predictions(qmodel, data),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out.numpy(), _numpy_reference(qmodel, data), rtol=1e-4, atol=1e-5)
+    # the quantized model itself: the signature computes the fake-quant outputs
+    quantized = tfquant.export.saved_model(qmodel, tmp_path / "sm_q", folded=False)
+    (out_q,) = tf.saved_model.load(quantized).signatures["serving_default"](
+        image=tf.constant(data)).values()
+    np.testing.assert_allclose(out_q.numpy(), qmodel.predict(data, verbose=0), rtol=0, atol=1e-6)
+    assert not np.allclose(out_q.numpy(), out.numpy(), rtol=0, atol=1e-6)
     # writing again replaces the earlier SavedModel; a foreign directory is refused
     tfquant.export.saved_model(qmodel, directory)
     foreign = tmp_path / "notes"

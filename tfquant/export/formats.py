@@ -83,16 +83,21 @@ def keras_file(qmodel: keras.Model, path: str | os.PathLike, *, folded: bool = T
     return path
 
 
-def saved_model(qmodel: keras.Model, directory: str | os.PathLike) -> str:
+def saved_model(qmodel: keras.Model, directory: str | os.PathLike, *,
+                folded: bool = True) -> str:
     """Writes the folded float model as a TensorFlow SavedModel (``model.export``).
 
-    The SavedModel has a ``serving_default`` signature (and ``serve``); its variables are named
-    ``<layer>/<attribute>:0`` (e.g. ``conv1/kernel:0``), i.e. the ``param_encodings`` names.
+    The SavedModel has a ``serving_default`` signature (and ``serve``) whose input is named
+    after the model input; its variables are named ``<layer>/<attribute>`` (e.g.
+    ``conv1/kernel``), i.e. the ``param_encodings`` names.
 
     Args:
         qmodel: a quantized model.
         directory: the SavedModel directory. Its parent must exist; an existing directory is
             replaced only if it is empty or holds a SavedModel.
+        folded: True (default) writes the folded float model; False writes ``qmodel`` in
+            inference mode, FakeQuant ops included (the signature then computes the fake-quant
+            outputs; ``tf.lite.TFLiteConverter.from_saved_model`` can read it).
 
     Returns:
         ``directory`` as a string.
@@ -107,7 +112,7 @@ def saved_model(qmodel: keras.Model, directory: str | os.PathLike) -> str:
         >>> tf.saved_model.load("model_savedmodel").signatures["serving_default"]
     """
     directory = check_output_path(directory)
-    model = folded_float_model(qmodel)
+    model = folded_float_model(qmodel) if folded else qmodel
     with atomic_output(directory, directory=True) as tmp:
         model.export(tmp, format="tf_saved_model", verbose=False)
     return directory
