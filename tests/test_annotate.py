@@ -347,12 +347,16 @@ def test_shared_layer_and_functional_ops(rng):
     shared = keras.layers.Dense(4, name="shared")
     x = shared(shared(inp))
     x = keras.ops.multiply(x, 2.0)
+    x = keras.ops.sin(x)
     out = keras.layers.Dense(2, name="out")(x)
     model = keras.Model(inp, out)
     qmodel = tfquant.quantize_model(model)
     report = qmodel.quantization_report
     assert report["shared"].action == "quantize"
-    assert any(e.action == "float" and "keras.ops" in e.detail for e in report.entries)
+    # element-wise arithmetic ops are quantized like the Multiply layer; others stay float
+    assert any(e.type == "Multiply" and e.action == "quantize" for e in report.entries)
+    assert any(e.type == "Sin" and e.action == "float" and "keras.ops" in e.detail
+               for e in report.entries)
     xs = rng.normal(size=(3, 4)).astype(np.float32)
     _disable_all(qmodel)
     np.testing.assert_allclose(_predict(qmodel, xs), _predict(model, xs),

@@ -20,7 +20,10 @@ from typing import Any, Iterable
 import keras
 from keras import tree
 from keras.src.models.functional import Functional
+from keras.src.ops import numpy as knp
+from keras.src.ops.operation import Operation
 
+from tfquant.layers.affine import split_affine
 from tfquant.layers.annotation import QuantizeAnnotate
 from tfquant.layers.registry import FUSABLE_ACTIVATIONS, activation_name, rule_for
 from tfquant.layers.wrapper import QuantizeWrapper
@@ -231,11 +234,16 @@ def _consumers(model: keras.Model) -> dict[int, list[Any]]:
 
 
 def _num_nodes(layer) -> int:
+    if not isinstance(layer, keras.layers.Layer):
+        # keras.ops creates one operation per call; _flat_copy calls it once more (the
+        # original model's node stays), so it is never shared within one graph
+        return 1
     return len(getattr(layer, "_inbound_nodes", []))
 
 
 def _layer_spec(layer, config: QuantConfig, annotations, annotate_all: bool):
-    types = [c.__name__ for c in type(layer).__mro__ if issubclass(c, keras.layers.Layer)]
+    base = keras.layers.Layer if isinstance(layer, keras.layers.Layer) else Operation
+    types = [c.__name__ for c in type(layer).__mro__ if issubclass(c, base)]
     spec = config.resolve(layer.name, types)
     if id(layer) in annotations and annotations[id(layer)] is not None:
         spec = annotations[id(layer)]
@@ -246,11 +254,11 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
     plan: dict[int, _Decision] = {}
     ordered = [op for op in flat.operations if not isinstance(op, keras.layers.InputLayer)]
     for op in ordered:
-        if not isinstance(op, keras.layers.Layer):
+        rule = rule_for(op)
+        if rule is None and not isinstance(op, keras.layers.Layer):
             plan[id(op)] = _Decision("float", reason=f"keras.ops operation {type(op).__name__} "
                                      "is not quantized; its result stays float")
             continue
-        rule = rule_for(op)
         if rule is None:
             plan[id(op)] = _Decision("float", reason=f"unsupported layer type "
                                      f"{type(op).__name__}: left in float (register it with "
@@ -274,7 +282,10 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
         if rule.kind != "weighted" and spec.activations is None:
             plan[id(op)] = _Decision("float", spec=spec, reason="activation quantization off")
             continue
-        plan[id(op)] = _Decision("quantize", spec=spec)
+        parts = split_affine(op) if isinstance(op, keras.layers.Layer) else None
+        plan[id(op)] = _Decision("quantize", spec=spec, reason="" if parts is None else
+                                 f"runs as {len(parts)} quantized Rescaling op(s): "
+                                 + ", ".join(p.name for p in parts))
 
     _apply_first_last_bits(ordered, plan, config)
     consumers = _consumers(flat)
@@ -288,11 +299,15 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
             tail = _try_fold(op, decision, consumers, plan)
             fusable_tail = activation_name(getattr(op, "activation", None)) == "linear"
         else:
-            fusable_tail = isinstance(op, (keras.layers.Add, keras.layers.Subtract,
-                                           keras.layers.Multiply))
+            fusable_tail = isinstance(op, _FUSING_ELEMENTWISE)
         if fusable_tail:
             _try_fuse(op, tail, decision, consumers, plan)
     return plan
+
+
+# element-wise ops into which TFLite fuses a following ReLU / ReLU6 (layers and keras.ops)
+_FUSING_ELEMENTWISE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Multiply,
+                       knp.Add, knp.Subtract, knp.Multiply)
 
 
 def _apply_first_last_bits(ordered, plan, config: QuantConfig) -> None:
@@ -353,6 +368,7 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
     by_new_layer: dict[int, _Decision] = {}
     originals: dict[int, Any] = {}
     copied: list[tuple[Any, Any]] = []
+    before: dict[int, list[QuantizeWrapper]] = {}  # wrappers run before a split layer's tail
 
     def clone(layer):
         decision = plan.get(id(layer))
@@ -366,6 +382,13 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
                 copied.append((layer, new))
         elif decision.action == "fold":
             new = keras.layers.Identity(name=layer.name)
+        elif not isinstance(layer, keras.layers.Layer):
+            new = layer  # a quantized keras.ops operation: quantizers around it (see call)
+        elif split_affine(layer) is not None:
+            # x * a + b: one quantized Rescaling per int8 op (see tfquant.layers.affine)
+            *head, tail = split_affine(layer)
+            new = QuantizeWrapper(tail, decision.spec, quantize_output=decision.quantize_output)
+            before[id(new)] = [QuantizeWrapper(p, decision.spec) for p in head]
         else:
             new = QuantizeWrapper(layer, decision.spec, quantize_output=decision.quantize_output,
                                   batchnorm=decision.batchnorm)
@@ -378,16 +401,18 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
     input_quantizers: dict[int, Any] = {}
     used_names: set[str] = {layer.name for layer in flat.layers}
 
+    def unique(name: str) -> str:
+        while name in used_names:
+            name += "_"
+        used_names.add(name)
+        return name
+
     def quantize_input(t, spec: LayerSpec):
         if id(t) in quantized or not isinstance(t, keras.KerasTensor):
             return t
         if id(t) not in input_quantizers:
             source = t._keras_history.operation.name
-            name = f"{source}_quantizer"
-            while name in used_names:
-                name += "_"
-            used_names.add(name)
-            quantizer = make_quantizer(spec.activations, name=name)
+            quantizer = make_quantizer(spec.activations, name=unique(f"{source}_quantizer"))
             q = quantizer(t)
             quantized.add(id(q))
             input_quantizers[id(t)] = q
@@ -402,11 +427,21 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
                                               (args, kwargs))
         if decision is not None and decision.action == "fold":
             kwargs = {}  # the Identity standing in for a folded BN takes no mask/training
+        for head in before.get(id(layer), ()):
+            args = (head(*args, **kwargs),)
         outputs = layer(*args, **kwargs)
+        quantized_op = (decision is not None and decision.action == "quantize"
+                        and not isinstance(layer, keras.layers.Layer))
+        if quantized_op and decision.quantize_output:
+            quantizer = make_quantizer(decision.spec.activations,
+                                       name=unique(f"{layer.name}_output_quantizer"))
+            outputs = quantizer(outputs)
         inputs_quantized = all(id(t) in quantized for t in inputs
                                if isinstance(t, keras.KerasTensor))
         if isinstance(layer, QuantizeWrapper):
             is_quantized = layer.output_quantizer is not None
+        elif quantized_op:
+            is_quantized = decision.quantize_output
         elif decision is not None and decision.action in ("passthrough", "fold"):
             is_quantized = inputs_quantized
         else:

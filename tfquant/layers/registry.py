@@ -88,8 +88,11 @@ def register_layer(layer_cls: type, kind: str = "output",
     return rule
 
 
-def rule_for(layer: keras.layers.Layer) -> LayerRule | None:
-    """The rule of the most derived registered class of ``layer`` (None: unsupported)."""
+def rule_for(layer) -> LayerRule | None:
+    """The rule of the most derived registered class of ``layer`` (None: unsupported).
+
+    ``layer`` is a Keras layer or a ``keras.ops`` operation of a Functional graph (element-wise
+    ``+ - *`` written as ``x + 3.0`` become ``Add``/``Subtract``/``Multiply`` operations)."""
     for cls in type(layer).__mro__:
         if cls in _REGISTRY:
             return _REGISTRY[cls]
@@ -204,6 +207,11 @@ def _register_builtins() -> None:
                 L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Permute, L.Identity,
                 L.RepeatVector, L.ActivityRegularization):
         register_layer(cls, "passthrough")
+    # keras.ops operations recorded in Functional graphs (e.g. MobileNetV3's hard sigmoid
+    # ``ReLU(6.0)(x + 3.0) * (1.0 / 6.0)``): output-quantized like the matching layers.
+    from keras.src.ops import numpy as knp
+    for cls in (knp.Add, knp.Subtract, knp.Multiply):
+        _REGISTRY[cls] = LayerRule("output")
 
 
 _register_builtins()
