@@ -108,11 +108,12 @@ def test_dynamic_range_uses_the_quantizers_integers_and_scales():
     x = L.Conv2D(48, 3, use_bias=False, name="conv")(inp)
     x = L.BatchNormalization(name="bn")(x)
     x = L.ReLU(name="relu")(x)
-    x = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")(x)  # 864 weights: kept float
+    x = L.DepthwiseConv2D(3, depth_multiplier=3, name="dw")(x)  # (1, 3, 3, 144) in TFLite
     x = L.Conv2D(32, 1, name="pw")(x)
     x = L.Flatten(name="flat")(x)
     x = L.Dense(48, activation="relu", name="fc1")(x)
-    model = keras.Model(inp, L.Dense(32, name="fc2")(x))
+    x = L.Dense(32, name="fc2")(x)
+    model = keras.Model(inp, L.Dense(16, name="fc3")(x))  # 512 weights: TFLite keeps float
     bn = model.get_layer("bn")  # non-trivial BN statistics, folded into conv
     bn.moving_mean.assign(np.linspace(-0.2, 0.2, 48).astype(F32))
     bn.moving_variance.assign(np.linspace(0.5, 2.0, 48).astype(F32))
@@ -124,7 +125,7 @@ def test_dynamic_range_uses_the_quantizers_integers_and_scales():
     config = QuantConfig(LayerSpec(w4, None), by_type={"Dense": {"weights": {"per_axis": False}}})
     qmodel = tfquant.ptq.dynamic_range(model, config)
     scales = {}
-    for name in ("conv", "dw", "pw", "fc1", "fc2"):
+    for name in ("conv", "dw", "pw", "fc1", "fc2", "fc3"):
         q = qmodel.get_layer(f"quant_{name}").weight_quantizers["kernel"]
         lo, hi = q.current_range()
         q.set_range(np.asarray(lo) * 1.5, np.asarray(hi) * 1.5)
@@ -142,20 +143,26 @@ def test_dynamic_range_uses_the_quantizers_integers_and_scales():
         if t["dtype"] == np.int8:
             assert tensors[op["inputs"][0]]["dtype"] == np.float32  # hybrid: float activations
             weights[tuple(t["shape"])] = (interpreter.get_tensor(t["index"]),
-                                          t["quantization_parameters"]["scales"])
+                                          t["quantization_parameters"])
+    assert len(weights) == 5  # fc3 is float
 
-    expected = {  # TFLite layouts: conv OHWI, fully connected (out, in)
-        "conv": np.transpose(_np_folded_kernel(model, "conv", "bn"), (3, 0, 1, 2)),
-        "pw": np.transpose(_np_folded_kernel(model, "pw", None), (3, 0, 1, 2)),
-        "fc1": _np_folded_kernel(model, "fc1", None).T,
-        "fc2": _np_folded_kernel(model, "fc2", None).T}
-    for name, kernel in expected.items():
-        ints, file_scales = weights[kernel.shape]
+    expected = {  # TFLite layouts and channel axes: conv OHWI (0), depthwise 1HW(C*M) (3),
+        # fully connected (out, in) (0)
+        "conv": (np.transpose(_np_folded_kernel(model, "conv", "bn"), (3, 0, 1, 2)), 0),
+        "dw": (_np_folded_kernel(model, "dw", None).reshape(1, 3, 3, 144), 3),
+        "pw": (np.transpose(_np_folded_kernel(model, "pw", None), (3, 0, 1, 2)), 0),
+        "fc1": (_np_folded_kernel(model, "fc1", None).T, 0),
+        "fc2": (_np_folded_kernel(model, "fc2", None).T, 0)}
+    for name, (kernel, axis) in expected.items():
+        ints, quantization = weights[kernel.shape]
         s = scales[name]
-        per_row = (s if s.ndim else np.full(kernel.shape[0], s))
-        per_row = per_row.reshape((-1,) + (1,) * (kernel.ndim - 1))
-        np.testing.assert_array_equal(ints, np.clip(np.round(kernel / per_row), -7, 7), name)
-        np.testing.assert_allclose(file_scales, per_row.ravel(), rtol=1e-6, err_msg=name)
+        shape = [1] * kernel.ndim
+        shape[axis] = -1
+        per_channel = (s if s.ndim else np.full(kernel.shape[axis], s)).reshape(shape)
+        np.testing.assert_array_equal(ints, np.clip(np.round(kernel / per_channel), -7, 7), name)
+        assert quantization["quantized_dimension"] == axis, name
+        np.testing.assert_allclose(quantization["scales"], per_channel.ravel(), rtol=1e-6,
+                                   err_msg=name)
         assert np.abs(ints).max() < 7  # the widened range: the converter alone would use 127
 
     x = np.random.default_rng(1).normal(size=(8, 8, 8, 3)).astype(F32)
