@@ -7,6 +7,7 @@ IR (:mod:`tfquant.simulate.graph`) and runs it with TensorFlow ops inside
 Example:
     >>> from tfquant.simulate import IntegerModel
     >>> sim = IntegerModel.from_tflite("model.tflite")          # doctest: +SKIP
+    >>> same = IntegerModel.from_keras(qat)                     # from QuantParams, no TFLite
     >>> y = sim(x_int8)                                         # doctest: +SKIP
     >>> acts = sim.run(x_int8, return_all=True, key="name")     # doctest: +SKIP
 """
@@ -14,6 +15,7 @@ Example:
 from tfquant.simulate.graph import SUPPORTED_OPS, Graph, Op, TensorInfo
 from tfquant.simulate.model import IntegerModel
 from tfquant.simulate.tflite_reader import UnsupportedModelError, read_tflite
+from tfquant.simulate.from_keras import UnsupportedLayerError, keras_to_graph  # noqa: E402
 
 __all__ = ["IntegerModel", "Graph", "Op", "TensorInfo", "SUPPORTED_OPS", "UnsupportedModelError",
-           "read_tflite"]
+           "read_tflite", "UnsupportedLayerError", "keras_to_graph"]

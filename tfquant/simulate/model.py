@@ -97,6 +97,39 @@ class IntegerModel:
             fc_requantize = installed_fc_requantize()
         return cls(read_tflite(model, fc_requantize=fc_requantize), chunk_size=chunk_size)
 
+    @classmethod
+    def from_keras(cls, qmodel: Any, input_type: str = "float32", output_type: str | None = None,
+                   fc_requantize: str = FC_REQUANTIZE_AUTO,
+                   chunk_size: int | None = None) -> "IntegerModel":
+        """Builds the simulator straight from a quantized tfquant Keras model (no TFLite).
+
+        Integer weights, biases, multipliers, zero points and clamps come from the model's
+        ``QuantParams`` (see :mod:`tfquant.simulate.from_keras`); the graph is the one TFLite
+        runs for ``tfquant.export.tflite(qmodel, input_type=..., output_type=...)``.
+
+        Args:
+            qmodel: a functional model from :func:`tfquant.quantize_model` (trained or
+                calibrated).
+            input_type: ``"float32"`` (inputs quantized by a QUANTIZE op) or ``"int8"``.
+            output_type: ``"float32"`` (dequantized) or ``"int8"``; default: ``input_type``.
+            fc_requantize: as for :meth:`from_tflite`.
+            chunk_size: samples per compiled call.
+
+        Raises:
+            tfquant.simulate.from_keras.UnsupportedLayerError: listing every layer that cannot
+                be simulated.
+
+        Example:
+            >>> sim = IntegerModel.from_keras(qat)          # doctest: +SKIP
+            >>> probabilities = sim(x_test)                 # doctest: +SKIP
+        """
+        from tfquant.simulate.from_keras import keras_to_graph
+
+        if fc_requantize == FC_REQUANTIZE_AUTO:
+            fc_requantize = installed_fc_requantize()
+        return cls(keras_to_graph(qmodel, input_type, output_type, fc_requantize),
+                   chunk_size=chunk_size)
+
     # -- introspection -------------------------------------------------------------------------
     @property
     def inputs(self) -> list[TensorInfo]:
