@@ -102,7 +102,7 @@ def _np_folded_kernel(model: keras.Model, conv: str, bn: str | None) -> np.ndarr
     return kernel * (b.gamma.numpy() / np.sqrt(b.moving_variance.numpy() + b.epsilon))
 
 
-def test_dynamic_range_uses_the_quantizers_integers_and_scales():
+def test_dynamic_range_uses_the_quantizers_integers_and_scales(recwarn):
     keras.utils.set_random_seed(5)
     inp = keras.Input((8, 8, 3))
     x = L.Conv2D(48, 3, use_bias=False, name="conv")(inp)
@@ -132,6 +132,7 @@ def test_dynamic_range_uses_the_quantizers_integers_and_scales():
         scales[name] = np.asarray(q.quant_params().scale, F32)
 
     flat = tfquant.export.tflite(qmodel, mode="dynamic_range")
+    assert not [w for w in recwarn if "own scales" in str(w.message)]  # every weight matched
     interpreter = Interpreter(model_content=flat)
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
@@ -237,3 +238,14 @@ def test_dynamic_range_refuses_asymmetric_and_wide_weights(tmp_path):
     assert "conv: kernel quantizer is asymmetric" in message, message
     assert "fc: 12-bit kernel" in message, message
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dynamic_range_warns_about_weights_without_quantizer():
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((64,))
+    x = L.Dense(48, name="fc1")(inp)
+    model = keras.Model(inp, L.Dense(40, name="fc2")(x))  # 1920 weights, left in float
+    qmodel = tfquant.ptq.dynamic_range(model, {"preset": "tflite_int8",
+                                               "by_name": {"fc2": {"skip": True}}})
+    with pytest.warns(UserWarning, match="own scales"):
+        tfquant.export.tflite(qmodel, mode="dynamic_range")

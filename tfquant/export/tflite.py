@@ -202,7 +202,9 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
             (``"int16"`` in int16x8 mode).
         output_type: like ``input_type``; defaults to ``input_type``.
         mode: ``"int8"`` (full integer), ``"int16x8"`` (16-bit activations, 8-bit weights) or
-            ``"dynamic_range"`` (int8 weights, float activations quantized at run time).
+            ``"dynamic_range"`` (int8 weights holding the weight quantizers' own integers and
+            scales, float activations quantized at run time; weights TFLite keeps in float,
+            under 1024 values, hold their fake-quantized values).
             int16x8 takes every activation range from the model's 16-bit FakeQuant ops (no
             calibration data); biases are stored as int64.
         strict: in the integer modes, raise if any op is still float (False: warn).
@@ -346,7 +348,7 @@ def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    done = set()
+    done, foreign = set(), []
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             code = model.operatorCodes[op.opcodeIndex]
@@ -367,6 +369,7 @@ def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
                          and np.allclose(current, _dequantized(g.integers, g.scale, g.axis),
                                          rtol=0, atol=0.51 * float(scale.max()))), None)
             if grid is None:
+                foreign.append(bytes(tensor.name or b"").decode(errors="replace"))
                 continue
             if grid.axis is not None and grid.axis != axis:
                 raise ValueError(f"{grid.layer}: per-channel weights on axis {grid.axis}, but "
@@ -378,4 +381,8 @@ def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
             q.zeroPoint = np.zeros(new_scale.size, np.int64)
             grid.used = True
             done.add(op.inputs[1])
+    if foreign:
+        warnings.warn("TFLite quantized these weights with its own scales (no tfquant weight "
+                      f"quantizer matches them, e.g. layers left in float): {foreign}",
+                      stacklevel=3)
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
