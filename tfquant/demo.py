@@ -1,7 +1,15 @@
 """The main job end to end: train, quantize-aware fine-tune, export, verify (``tfquant demo``).
 
 Uses scikit-learn's bundled 8x8 digits (no downloads). Prints float vs quantized accuracy, the
-exported TFLite int8 accuracy, its size, and how closely TFLite reproduces the Keras model.
+exported TFLite int8 accuracy and size, and :func:`tfquant.verify`'s figures: the integer
+simulator against TFLite's reference kernels (bit-exact), the Keras fake-quant model against
+them (within 1 LSB), XNNPACK's agreement, and the per-layer table.
+
+Example:
+    >>> from tfquant import demo
+    >>> results = demo.run(output_dir="/tmp/demo", float_epochs=2, qat_epochs=1)  # doctest: +SKIP
+    >>> results["simulator_bit_exact"]                                          # doctest: +SKIP
+    1.0
 """
 
 from __future__ import annotations
@@ -11,23 +19,6 @@ import time
 from typing import Any
 
 import numpy as np
-
-
-def _tflite_predict(tflite_bytes: bytes, x: np.ndarray) -> np.ndarray:
-    """Runs a float-io TFLite model on ``x`` one sample at a time (reference kernels)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=tflite_bytes,
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
-    out = interpreter.get_output_details()[0]
-    outputs = []
-    for sample in x:
-        interpreter.set_tensor(inp["index"], sample[None].astype(np.float32))
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(out["index"])[0].copy())
-    return np.stack(outputs)
 
 
 def run(output_dir: str = "out", float_epochs: int = 25, qat_epochs: int = 4,
@@ -42,7 +33,11 @@ def run(output_dir: str = "out", float_epochs: int = 25, qat_epochs: int = 4,
         verbose: print progress and the summary.
 
     Returns:
-        A dict of the measured figures.
+        A dict of the measured figures: accuracies, sizes, ``simulator_bit_exact`` (integer
+        simulator vs TFLite reference kernels, from the .tflite), ``from_keras_bit_exact``
+        (simulator built from the Keras model, vs the same), ``keras_vs_tflite_within_1lsb`` /
+        ``keras_vs_tflite_max_lsb``, ``xnnpack_bit_exact``, and ``verification`` (the full
+        :class:`~tfquant.verify.VerificationReport` as a dict).
 
     Example:
         >>> results = run(output_dir="/tmp/demo", float_epochs=2, qat_epochs=1)
@@ -51,6 +46,7 @@ def run(output_dir: str = "out", float_epochs: int = 25, qat_epochs: int = 4,
 
     import tfquant
     from tfquant import datasets, zoo
+    from tfquant.verify.execute import run_interpreter, tflite_inputs
 
     def say(*args):
         if verbose:
@@ -83,23 +79,38 @@ def run(output_dir: str = "out", float_epochs: int = 25, qat_epochs: int = 4,
     tflite_path = os.path.join(output_dir, "demo.tflite")
     data = tfquant.export.tflite(qat, tflite_path)
     float_tflite = tfquant.export.tflite(qat, mode="dynamic_range")
-    tflite_out = _tflite_predict(data, x_test)
-    keras_out = qat.predict(x_test, verbose=0)
+    tflite_out = run_interpreter(data, tflite_inputs(data, [x_test]), reference=True)[0][0]
     tflite_acc = float((tflite_out.argmax(1) == y_test).mean())
-    lsb = 1.0 / 256.0  # the softmax output's int8 step, fixed by TFLite
-    diff_lsb = np.abs(tflite_out - keras_out) / lsb
+    say(f"TFLite int8 ({len(data)} bytes, {tflite_path}): test accuracy {tflite_acc:.4f}")
+
+    start = time.perf_counter()
+    report = tfquant.verify(qat, tflite_path, x_test)
+    from_keras = tfquant.simulate.IntegerModel.from_keras(qat)(x_test)
+    say(report)
     results = {
         "float_accuracy": float(float_acc),
         "qat_accuracy": float(qat_acc),
         "tflite_int8_accuracy": tflite_acc,
         "tflite_bytes": len(data),
         "dynamic_range_tflite_bytes": len(float_tflite),
-        "keras_vs_tflite_max_lsb": float(diff_lsb.max()),
-        "keras_vs_tflite_within_1lsb": float((diff_lsb <= 1.0 + 1e-6).mean()),
-        "argmax_agreement": float((tflite_out.argmax(1) == keras_out.argmax(1)).mean()),
+        "simulator_bit_exact": report.bit_exact_fraction,
+        "from_keras_bit_exact": float(np.mean(from_keras == tflite_out)),
+        "keras_vs_tflite_max_lsb": report.max_abs_diff_lsb,
+        "keras_vs_tflite_within_1lsb": report.within_1lsb_fraction,
+        "argmax_agreement": report.argmax_agreement,
+        "xnnpack_bit_exact": report.xnnpack_bit_exact_fraction,
+        "xnnpack_max_lsb": report.xnnpack_max_abs_diff_lsb,
+        "first_disagreeing_layer": report.first_disagreeing_layer,
+        "verification": report.to_dict(),
     }
-    say(f"TFLite int8 ({len(data)} bytes, {tflite_path}): test accuracy {tflite_acc:.4f}")
-    say(f"Keras fake-quant vs TFLite reference kernels: max {results['keras_vs_tflite_max_lsb']:.0f}"
-        f" LSB, {100 * results['keras_vs_tflite_within_1lsb']:.2f}% of outputs within 1 LSB, "
-        f"argmax agreement {100 * results['argmax_agreement']:.2f}%")
+    say(f"\nverification ({time.perf_counter() - start:.1f} s) on {len(x_test)} test images:")
+    say(f"  integer simulator vs TFLite reference kernels: "
+        f"{100 * results['simulator_bit_exact']:.2f} % bit-exact (from the .tflite); "
+        f"{100 * results['from_keras_bit_exact']:.2f} % (built from the Keras QuantParams)")
+    say(f"  Keras fake-quant vs TFLite reference kernels: "
+        f"{100 * results['keras_vs_tflite_within_1lsb']:.2f} % of outputs within 1 LSB, max "
+        f"{results['keras_vs_tflite_max_lsb']:.0f} LSB, argmax agreement "
+        f"{100 * results['argmax_agreement']:.2f} %")
+    say(f"  TFLite XNNPACK vs reference kernels: {100 * results['xnnpack_bit_exact']:.2f} % "
+        f"bit-exact, max {results['xnnpack_max_lsb']:.0f} LSB")
     return results

@@ -7,7 +7,7 @@ IR (:mod:`tfquant.simulate.graph`) and runs it with TensorFlow ops inside
 Example:
     >>> from tfquant.simulate import IntegerModel
     >>> sim = IntegerModel.from_tflite("model.tflite")          # doctest: +SKIP
-    >>> same = IntegerModel.from_keras(qat)                     # from QuantParams, no TFLite
+    >>> same = IntegerModel.from_keras(qat)                     # doctest: +SKIP
     >>> y = sim(x_int8)                                         # doctest: +SKIP
     >>> acts = sim.run(x_int8, return_all=True, key="name")     # doctest: +SKIP
 """
