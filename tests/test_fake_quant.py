@@ -3,6 +3,8 @@ the forward; the LSQ / LSQ+ and PACT gradients against the papers' formulas (num
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,10 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tfquant.fake_quant import fake_quant, fake_quant_lsq, lsq_levels, lsq_range
+from tfquant.fake_quant import (fake_quant, fake_quant_lsq, int8_container, lsq_levels,
+                                 lsq_range)
 from tfquant.quantizers import PACTQuantizer
 from tfquant.specs import TensorSpec
 
+F32 = np.float32
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
@@ -132,6 +136,59 @@ def test_works_inside_tf_function_and_xla(rng, ref):
     expected, _ = ref.fake_quant(x, lo.reshape(4, 2), hi.reshape(4, 2), 8, True, axis=(-2, -1))
     _assert_same_grid(f(x).numpy(), expected, lo.reshape(4, 2), hi.reshape(4, 2), 8, True, ref,
                       axis=(-2, -1))
+
+
+# ------------------------------------------------------------ int8 container (TFLite export)
+@pytest.mark.parametrize("bits,narrow_range,lo,hi,constant,per_axis", [
+    (4, False, -1.3, 2.1, False, False),   # asymmetric activations (LSQ+)
+    (4, False, 0.0, 3.7, False, False),    # ReLU-style range, zero point at the bottom
+    (3, False, -0.4, 5.0, False, False),
+    (4, True, -0.7, 0.7, True, False),     # symmetric narrow-range weights
+    (4, True, -0.7, 0.7, True, True),      # per-channel weights
+    (2, True, -1.0, 1.0, True, False),     # ternary-style
+])
+def test_int8_container_keeps_the_b_bit_values_with_8_bit_ops(bits, narrow_range, lo, hi,
+                                                              constant, per_axis, rng, ref):
+    """Inside ``int8_container`` the values are the b-bit ones (numpy model of TF's op), the
+    graph has only 8-bit FakeQuant ops, and the last one's grid stores the b-bit integers
+    shifted left by ``8 - bits`` bits (zero point ``(zp_b - 2**(b-1)) * 2**(8-b)``)."""
+    x = rng.normal(0.0, 2.0, size=(64, 5)).astype(np.float32)
+    lo_a = np.full(5, lo, np.float32) * np.linspace(0.6, 1.0, 5, dtype=np.float32)
+    hi_a = np.full(5, hi, np.float32) * np.linspace(0.6, 1.0, 5, dtype=np.float32)
+    axis = -1 if per_axis else None
+    lo_t, hi_t = (lo_a, hi_a) if per_axis else (lo_a[-1], hi_a[-1])
+    expected, _ = ref.fake_quant(x, lo_t, hi_t, bits, narrow_range, axis=axis)
+
+    def f(t):
+        return fake_quant(t, tf.constant(lo_t), tf.constant(hi_t), bits=bits,
+                          narrow_range=narrow_range, axis=axis, constant=constant)
+
+    calls = []
+    originals = (tf.quantization.fake_quant_with_min_max_vars,
+                 tf.quantization.fake_quant_with_min_max_vars_per_channel)
+
+    def spy(original):
+        def record(t, x_min, x_max, num_bits, narrow_range):
+            calls.append((np.asarray(x_min), np.asarray(x_max), num_bits, narrow_range))
+            return original(t, x_min, x_max, num_bits=num_bits, narrow_range=narrow_range)
+        return record
+
+    with int8_container(), mock.patch.object(tf.quantization, "fake_quant_with_min_max_vars",
+                                             spy(originals[0])), \
+            mock.patch.object(tf.quantization, "fake_quant_with_min_max_vars_per_channel",
+                              spy(originals[1])):
+        y = f(tf.constant(x)).numpy()
+    np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
+    assert calls and all(c[2] == 8 and c[3] == narrow_range for c in calls)
+    # the last op's grid (what TFLite stores): 8 bits, step scale_b / 2**(8-b), and the b-bit
+    # integers shifted left by 8 - b bits: zero point (zp_b - 2**(b-1)) * 2**(8-b)
+    scale_b, zp_b, _, _, _ = ref.nudge(lo_t, hi_t, bits, narrow_range)
+    shift = 1 << (8 - bits)
+    fine_scale, fine_zp, _, _, _ = ref.nudge(calls[-1][0], calls[-1][1], 8, narrow_range)
+    np.testing.assert_allclose(fine_scale, scale_b / shift, rtol=1e-5)
+    np.testing.assert_array_equal(fine_zp - 128, (zp_b - (1 << (bits - 1))) * shift)
+    ints = np.round(y / (fine_scale.reshape(1, -1) if per_axis else fine_scale))
+    assert np.all(ints % shift == 0)
 
 
 # ------------------------------------------------------------ properties

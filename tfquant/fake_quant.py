@@ -31,11 +31,24 @@ _container = contextvars.ContextVar("tfquant_int8_container", default=False)
 def int8_container() -> Iterator[None]:
     """Within this context, sub-8-bit fake quantization is expressed with 8-bit FakeQuant ops.
 
-    TFLite has no int4 kernels and its converter rejects ``num_bits < 8`` FakeQuant ops. A
-    b-bit grid with step ``s`` is a subset of an 8-bit grid with the same step, so the exporter
-    traces the model in this context: ``fake_quant`` then clips to the b-bit range and applies an
-    8-bit FakeQuant whose range is the b-bit range padded to 256 levels. Values (and clipping)
-    are those of the b-bit quantizer; the TFLite model stores them in int8.
+    TFLite has no int4 kernels and its converter rejects ``num_bits < 8`` FakeQuant ops, so the
+    exporter traces the model in this context. A b-bit tensor is then stored in int8 as its
+    signed b-bit integers shifted left by ``8 - b`` bits: step ``s / 2**(8-b)``, zero point
+    ``zp_b * 2**(8-b)`` (the "fine" container; symmetric weights keep zero point 0). Each
+    fake-quant becomes
+
+    * activations: FQ8 on the b-bit step (the producer rounds to the b-bit grid) -> clip to the
+      b-bit range (MINIMUM/MAXIMUM) -> FQ8 on the fine step (an exact x 2**(8-b) requantize);
+    * weights: clip -> FQ8 on the b-bit step -> FQ8 on the fine step (folded into a constant).
+
+    Values (and clipping) are exactly those of the b-bit quantizer. The fine container matters
+    for TFLite's integer kernels: they requantize with a fixed-point multiplier and round twice
+    (``SaturatingRoundingDoublingHighMul`` then a rounding shift), with an error of up to
+    ``2**(e-1)`` output steps for a multiplier ``m * 2**e``. With b-bit integers stored as-is,
+    accumulators are tiny and multipliers large (``e`` of -1 to -3 for 4x4 bits), so a few
+    percent of the outputs of every 4-bit layer would be off by one step; 2**(8-b) times larger
+    integers on both operands shrink the multiplier and that error by 2**(2(8-b)) (int32 bias
+    rounding likewise).
 
     Example:
         >>> with int8_container():
@@ -49,13 +62,31 @@ def int8_container() -> Iterator[None]:
 
 
 def _padded_container_range(x_min, x_max, bits: int, narrow_range: bool):
-    """The 8-bit range with the same step and zero point as the b-bit nudged range."""
+    """The 8-bit range with the same step and zero point as the b-bit nudged range.
+
+    Returns ``(lo, hi, c_min, c_max)``: the b-bit nudged range and the padded 8-bit range.
+    """
     scale, zero_point, lo, hi = nudge(x_min, x_max, bits, narrow_range)
     qmin, qmax = unsigned_grid(bits, narrow_range)
     cmin, cmax = unsigned_grid(CONTAINER_BITS, narrow_range)
     pad = float(((cmax - cmin) - (qmax - qmin)) // 2)
     c_zero = zero_point - qmin + cmin + pad
     return lo, hi, (cmin - c_zero) * scale, (cmax - c_zero) * scale
+
+
+def _fine_container_range(x_min, x_max, bits: int, narrow_range: bool):
+    """The 8-bit range that holds the b-bit integers shifted left by ``8 - bits``.
+
+    Step ``scale / 2**(8-b)`` and signed zero point ``(zp - 2**(b-1)) * 2**(8-b)``: the b-bit
+    levels ``[qmin, qmax]`` land on ``[qmin - 2**(b-1), 2**(b-1) - 1] * 2**(8-b)``, inside the
+    8-bit grid (and inside [-127, 127] with ``narrow_range``).
+    """
+    scale, zero_point, _, _ = nudge(x_min, x_max, bits, narrow_range)
+    cmin, cmax = unsigned_grid(CONTAINER_BITS, narrow_range)
+    shift = float(1 << (CONTAINER_BITS - bits))
+    fine = scale / shift
+    c_zero = float(1 << (CONTAINER_BITS - 1)) + (zero_point - float(1 << (bits - 1))) * shift
+    return (cmin - c_zero) * fine, (cmax - c_zero) * fine
 
 
 def _channel_axes(rank: int, axis: Axis) -> list[int]:
@@ -119,16 +150,21 @@ def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
         >>> y = fake_quant(tf.constant([0.26, -3.0]), -1.0, 1.0, bits=8, narrow_range=False)
     """
     if bits < CONTAINER_BITS and _container.get():
-        # Activations: FQ8 -> clip -> FQ8. The first FakeQuant gives the producer an int8
-        # output on the b-bit step, the clip (MINIMUM/MAXIMUM on that grid) restores the b-bit
-        # range. Weights: clip -> FQ8, folded into an int8 constant by the converter.
+        # See int8_container. Activations: FQ8 (b-bit step) -> clip -> FQ8 (fine step); the
+        # first FakeQuant gives the producer an int8 output on the b-bit step, the clip
+        # (MINIMUM/MAXIMUM on that grid) restores the b-bit range, the last one requantizes
+        # exactly to the fine container. Weights: clip -> FQ8 -> FQ8, constant-folded.
         lo, hi, c_min, c_max = _padded_container_range(x_min, x_max, bits, narrow_range)
+        f_min, f_max = _fine_container_range(x_min, x_max, bits, narrow_range)
         container = dict(bits=CONTAINER_BITS, narrow_range=narrow_range, axis=axis)
         if not constant:
             x = fake_quant(x, c_min, c_max, **container)
         if axis is not None:
             lo, hi = _broadcast_param(lo, x, axis), _broadcast_param(hi, x, axis)
-        return fake_quant(tf.clip_by_value(x, lo, hi), c_min, c_max, **container)
+        x = tf.clip_by_value(x, lo, hi)
+        if constant:
+            x = fake_quant(x, c_min, c_max, **container)
+        return fake_quant(x, f_min, f_max, **container)
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, x_min, x_max, num_bits=bits, narrow_range=narrow_range)

@@ -310,17 +310,24 @@ def test_tflite_export_stores_zoo_weights_as_exact_int8(rng):
         if t["dtype"] == np.int8 and len(t["shape"]) in (2, 4) and t["shape"][0] in (3, 4):
             found[tuple(t["shape"])] = (interpreter.get_tensor(t["index"]),
                                         t["quantization_parameters"]["scales"])
+    # Sub-8-bit grids are stored in int8 as their b-bit integers shifted left by 8 - b bits
+    # (tfquant.fake_quant.int8_container): DoReFa k=3 is stored on a 4-bit grid (x 16),
+    # ternary on a 2-bit one (x 64). The dequantized values must be the hand-computed ones.
     conv_q = qmodel.get_layer("quant_conv")
     kernel = conv_q.layer.kernel.numpy()
     ints, scales = found[(4, 3, 3, 3)]  # TFLite OHWI
-    np.testing.assert_array_equal(ints, np.transpose(np.round(np_dorefa_weights(kernel, 3) * 7),
-                                                     (3, 0, 1, 2)).astype(np.int8))
-    np.testing.assert_allclose(scales, 1.0 / 7.0, rtol=1e-6)
+    odd = np.transpose(np.round(np_dorefa_weights(kernel, 3) * 7), (3, 0, 1, 2))  # +-1..7, odd
+    np.testing.assert_array_equal(ints.astype(np.int64), odd.astype(np.int64) * 16)
+    np.testing.assert_allclose(scales, 1.0 / 7.0 / 16, rtol=1e-6)
+    np.testing.assert_allclose(ints * scales[0],
+                               np.transpose(np_dorefa_weights(kernel, 3), (3, 0, 1, 2)),
+                               rtol=1e-6, atol=1e-7)
     fc_q = qmodel.get_layer("quant_fc")
     expected, _, alpha = np_ternary(fc_q.layer.kernel.numpy())
     ints, scales = found[(3, 64)]
-    np.testing.assert_array_equal(ints, np.sign(expected).T.astype(np.int8))
-    np.testing.assert_allclose(scales, alpha, rtol=1e-5)
+    np.testing.assert_array_equal(ints.astype(np.int64), np.sign(expected).T.astype(np.int64) * 64)
+    np.testing.assert_allclose(scales, alpha / 64, rtol=1e-5)
+    np.testing.assert_allclose(ints * scales[0], expected.T, rtol=1e-5, atol=1e-7)
 
 
 def test_binary_activation_export_is_refused(rng):
