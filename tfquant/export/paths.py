@@ -12,6 +12,15 @@ from typing import Iterator
 def check_output_path(path: str | os.PathLike) -> str:
     """Raises ``FileNotFoundError`` naming the directory if ``path``'s directory is missing.
 
+    Args:
+        path: an output file or directory.
+
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        FileNotFoundError: the directory that would hold ``path`` does not exist.
+
     Example:
         >>> check_output_path("out/model.tflite")
         'out/model.tflite'
