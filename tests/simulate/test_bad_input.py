@@ -89,7 +89,8 @@ def test_float_model_is_rejected_clearly():
     inp = keras.Input((4,), batch_size=1)
     model = keras.Model(inp, L.Dense(2, activation="relu")(inp))
     data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    with pytest.raises(UnsupportedModelError, match="not a full-integer int8 model.*FULLY_CONNECTED"):
+    with pytest.raises(UnsupportedModelError,
+                       match="not a full-integer int8 model.*FULLY_CONNECTED"):
         IntegerModel.from_tflite(data)
     # dynamic-range: int8 weights, float activations
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
