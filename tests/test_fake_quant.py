@@ -179,7 +179,9 @@ def test_int8_container_keeps_the_b_bit_values_with_8_bit_ops(bits, narrow_range
                               spy(originals[1])):
         y = f(tf.constant(x)).numpy()
     np.testing.assert_allclose(y, expected, rtol=1e-6, atol=1e-6)
-    assert calls and all(c[2] == 8 and c[3] == narrow_range for c in calls)
+    # activations: 8-bit ops only; weights: the b-bit op (the converter folds it), then 8 bits
+    assert [c[2] for c in calls] == ([bits, 8] if constant else [8, 8])
+    assert all(c[3] == narrow_range for c in calls)
     # the last op's grid (what TFLite stores): 8 bits, step scale_b / 2**(8-b), and the b-bit
     # integers shifted left by 8 - b bits: zero point (zp_b - 2**(b-1)) * 2**(8-b)
     scale_b, zp_b, _, _, _ = ref.nudge(lo_t, hi_t, bits, narrow_range)
@@ -189,6 +191,24 @@ def test_int8_container_keeps_the_b_bit_values_with_8_bit_ops(bits, narrow_range
     np.testing.assert_array_equal(fine_zp - 128, (zp_b - (1 << (bits - 1))) * shift)
     ints = np.round(y / (fine_scale.reshape(1, -1) if per_axis else fine_scale))
     assert np.all(ints % shift == 0)
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_int8_container_weights_round_ties_like_the_b_bit_op(bits):
+    """Weights within ~1e-5 steps of a rounding tie: the container stores the level the plain
+    b-bit op (the Keras model) picks. (A padded 8-bit op rounds in a frame offset by ~128
+    levels, where float32 cannot resolve such ties the same way.)"""
+    q_p = (1 << (bits - 1)) - 1
+    step = np.float32(0.2018148)
+    k = np.arange(-q_p, q_p, dtype=np.float64) + 0.5
+    delta = np.linspace(-2e-5, 2e-5, 81)
+    x = ((k[:, None] + delta[None, :]) * step).astype(np.float32).ravel()
+    lo, hi = tf.constant(-q_p * step), tf.constant(q_p * step)
+    plain = fake_quant(tf.constant(x), lo, hi, bits=bits, narrow_range=True).numpy()
+    with int8_container():
+        stored = fake_quant(tf.constant(x), lo, hi, bits=bits, narrow_range=True,
+                            constant=True).numpy()
+    np.testing.assert_array_equal(stored, plain)
 
 
 # ------------------------------------------------------------ properties

@@ -39,7 +39,11 @@ def int8_container() -> Iterator[None]:
 
     * activations: FQ8 on the b-bit step (the producer rounds to the b-bit grid) -> clip to the
       b-bit range (MINIMUM/MAXIMUM) -> FQ8 on the fine step (an exact x 2**(8-b) requantize);
-    * weights: clip -> FQ8 on the b-bit step -> FQ8 on the fine step (folded into a constant).
+    * weights: the b-bit FakeQuant op itself -> FQ8 on the fine step; the converter folds both
+      into the constant, so the stored weights are bit-identical to the Keras model's. (An
+      8-bit FakeQuant on the b-bit step padded to 256 levels rounds in a frame offset by ~128
+      levels, where float32 resolves ties ~16x more coarsely: a weight within ~1e-5 steps of
+      a tie could land on the other level, shifting a whole output channel in TFLite.)
 
     Values (and clipping) are exactly those of the b-bit quantizer. The fine container matters
     for TFLite's integer kernels: they requantize with a fixed-point multiplier and round twice
@@ -150,21 +154,27 @@ def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
         >>> y = fake_quant(tf.constant([0.26, -3.0]), -1.0, 1.0, bits=8, narrow_range=False)
     """
     if bits < CONTAINER_BITS and _container.get():
-        # See int8_container. Activations: FQ8 (b-bit step) -> clip -> FQ8 (fine step); the
-        # first FakeQuant gives the producer an int8 output on the b-bit step, the clip
-        # (MINIMUM/MAXIMUM on that grid) restores the b-bit range, the last one requantizes
-        # exactly to the fine container. Weights: clip -> FQ8 -> FQ8, constant-folded.
-        lo, hi, c_min, c_max = _padded_container_range(x_min, x_max, bits, narrow_range)
+        # See int8_container. Weights: the b-bit op itself (the converter folds it into the
+        # constant, so the stored values are bit-identical to the Keras model's), then FQ8 on
+        # the fine grid. Activations: FQ8 on the b-bit step padded to 256 levels (the producer
+        # rounds to the b-bit grid), clip to the b-bit range (MINIMUM/MAXIMUM), FQ8 on the fine
+        # grid (an exact requantize by 2**(8-b)).
         f_min, f_max = _fine_container_range(x_min, x_max, bits, narrow_range)
-        container = dict(bits=CONTAINER_BITS, narrow_range=narrow_range, axis=axis)
-        if not constant:
-            x = fake_quant(x, c_min, c_max, **container)
+        fine = dict(bits=CONTAINER_BITS, narrow_range=narrow_range, axis=axis)
+        if constant:
+            return _fake_quant_op(_fake_quant_op(x, x_min, x_max, bits, narrow_range, axis),
+                                  f_min, f_max, **fine)
+        lo, hi, c_min, c_max = _padded_container_range(x_min, x_max, bits, narrow_range)
+        x = _fake_quant_op(x, c_min, c_max, **fine)
         if axis is not None:
             lo, hi = _broadcast_param(lo, x, axis), _broadcast_param(hi, x, axis)
-        x = tf.clip_by_value(x, lo, hi)
-        if constant:
-            x = fake_quant(x, c_min, c_max, **container)
-        return fake_quant(x, f_min, f_max, **container)
+        return _fake_quant_op(tf.clip_by_value(x, lo, hi), f_min, f_max, **fine)
+    return _fake_quant_op(x, x_min, x_max, bits, narrow_range, axis)
+
+
+def _fake_quant_op(x: tf.Tensor, x_min, x_max, bits: int, narrow_range: bool,
+                   axis: Axis) -> tf.Tensor:
+    """TF's FakeQuant op, per-tensor or per-axis (channels moved last for the op)."""
     if axis is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
