@@ -159,3 +159,32 @@ def test_affine_preprocessing_end_to_end():
     row = run_pipeline(model, _images(8, 0, 255))
     _assert_clean(row)
     assert row["op_types"]["MUL"] == 2 and row["op_types"]["ADD"] == 2
+
+
+def _standalone_bn_model() -> keras.Model:
+    """DenseNet's pattern: a BatchNormalization after a Concatenate (nothing to fold into)."""
+    inp = keras.Input((8, 8, 3))
+    a = L.Conv2D(4, 3, padding="same")(inp)
+    b = L.Conv2D(4, 1)(inp)
+    x = L.Concatenate()([a, b])
+    x = L.BatchNormalization(name="bn")(x)
+    x = L.Activation("relu")(x)
+    x = L.Conv2D(4, 1)(x)
+    x = L.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, L.Dense(CLASSES, activation="softmax")(x))
+
+
+def test_standalone_batchnorm_runs_as_one_depthwise_op():
+    keras.utils.set_random_seed(5)
+    model = _standalone_bn_model()
+    images = _images(8, -1, 1)
+    qmodel = tfquant.quantize_model(model)
+    wrapper = qmodel.get_layer("quant_bn")
+    assert isinstance(wrapper.layer, L.DepthwiseConv2D) and wrapper.batchnorm is not None
+    # training mode normalises with batch statistics and updates the moving mean
+    before = np.asarray(wrapper.batchnorm.moving_mean).copy()
+    qmodel(images, training=True)
+    assert not np.allclose(np.asarray(wrapper.batchnorm.moving_mean), before)
+    row = run_pipeline(model, images)
+    _assert_clean(row)
+    assert row["op_types"]["DEPTHWISE_CONV_2D"] == 1 and "MUL" not in row["op_types"]

@@ -23,7 +23,7 @@ from keras.src.models.functional import Functional
 from keras.src.ops import numpy as knp
 from keras.src.ops.operation import Operation
 
-from tfquant.layers.affine import split_affine
+from tfquant.layers.affine import batchnorm_carrier, split_affine
 from tfquant.layers.annotation import QuantizeAnnotate
 from tfquant.layers.registry import FUSABLE_ACTIVATIONS, activation_name, rule_for
 from tfquant.layers.wrapper import QuantizeWrapper
@@ -218,6 +218,7 @@ class _Decision:
     fused: bool = False  # activation whose input is not quantized (fused into its producer)
     batchnorm: keras.layers.Layer | None = None
     folded_into: str | None = None
+    carrier: bool = False  # standalone BatchNormalization run as a folded 1x1 depthwise conv
 
 
 def _consumers(model: keras.Model) -> dict[int, list[Any]]:
@@ -298,6 +299,11 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
         if rule.kind == "weighted":
             tail = _try_fold(op, decision, consumers, plan)
             fusable_tail = activation_name(getattr(op, "activation", None)) == "linear"
+        elif (batchnorm_carrier(op) is not None and decision.spec.weights is not None
+              and decision.spec.fold_bn):
+            decision.carrier = True
+            decision.reason = "standalone BN: runs as a 1x1 depthwise convolution it folds into"
+            fusable_tail = True
         else:
             fusable_tail = isinstance(op, _FUSING_ELEMENTWISE)
         if fusable_tail:
@@ -384,6 +390,10 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
             new = keras.layers.Identity(name=layer.name)
         elif not isinstance(layer, keras.layers.Layer):
             new = layer  # a quantized keras.ops operation: quantizers around it (see call)
+        elif decision.carrier:
+            new = QuantizeWrapper(batchnorm_carrier(layer), decision.spec,
+                                  quantize_output=decision.quantize_output, batchnorm=layer,
+                                  name=f"quant_{layer.name}")
         elif split_affine(layer) is not None:
             # x * a + b: one quantized Rescaling per int8 op (see tfquant.layers.affine)
             *head, tail = split_affine(layer)

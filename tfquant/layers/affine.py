@@ -74,3 +74,28 @@ def split_affine(layer: keras.layers.Layer) -> tuple[keras.layers.Layer, ...] | 
         return (keras.layers.Rescaling(1.0, b, name=layer.name),)
     return (keras.layers.Rescaling(a, 0.0, name=f"{layer.name}_scale"),
             keras.layers.Rescaling(1.0, b, name=layer.name))
+
+
+def batchnorm_carrier(bn: keras.layers.Layer) -> keras.layers.Layer | None:
+    """A 1x1 ``DepthwiseConv2D`` (kernel of ones, no bias, frozen) into which a standalone
+    BatchNormalization folds, or None when ``bn`` is not a channels-last 4-D BatchNormalization.
+
+    A BatchNormalization that follows no foldable layer (e.g. after a Concatenate, as in
+    DenseNet) is ``x * a + b`` per channel; as a depthwise convolution with the BN folded in it is
+    a single int8 op (per-channel int8 weights, int32 bias) that keeps training the BN through
+    the wrapper's folding (batch statistics while training, moving statistics otherwise).
+
+    Example:
+        >>> bn = keras.layers.BatchNormalization(name="bn")
+        >>> _ = bn(keras.Input((4, 4, 3)))
+        >>> batchnorm_carrier(bn).name
+        'bn_depthwise'
+    """
+    if not isinstance(bn, keras.layers.BatchNormalization) or not bn.built:
+        return None
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    rank = len(bn.input.shape) if bn._inbound_nodes else None
+    if axis is None or rank != 4 or axis % rank != 3:
+        return None
+    return keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones",
+                                        trainable=False, name=f"{bn.name}_depthwise")
