@@ -132,21 +132,21 @@ class Side:
 
     def epoch(self, phase: str) -> Dict[str, Any]:
         """One ``fit(epochs=1)``; wall and CPU seconds from epoch begin to end, and steps."""
-        rec: Dict[str, Any] = {"steps": 0}
+        rec: Dict[str, Any] = {}
 
-        class Timer(self.keras.callbacks.Callback):
+        class Timer(self.keras.callbacks.Callback):  # no batch hooks: no per-step sync
             def on_epoch_begin(self, epoch, logs=None):
                 rec["t0"], rec["c0"] = time.perf_counter(), time.process_time()
-
-            def on_train_batch_end(self, batch, logs=None):
-                rec["steps"] += 1
 
             def on_epoch_end(self, epoch, logs=None):
                 rec["wall_s"] = round(time.perf_counter() - rec.pop("t0"), 4)
                 rec["cpu_s"] = round(time.process_time() - rec.pop("c0"), 4)
 
-        self.models[phase].fit(self.x, self.y, batch_size=self.cfg["batch_size"], epochs=1,
-                               shuffle=True, verbose=0, callbacks=[Timer()])
+        model = self.models[phase]
+        before = int(model.optimizer.iterations.numpy())
+        model.fit(self.x, self.y, batch_size=self.cfg["batch_size"], epochs=1, shuffle=True,
+                  verbose=0, callbacks=[Timer()])
+        rec["steps"] = int(model.optimizer.iterations.numpy()) - before
         if rec["steps"] != self.steps_per_epoch:
             raise RuntimeError(f"{phase}: {rec['steps']} steps, expected {self.steps_per_epoch}")
         return rec

@@ -164,14 +164,18 @@ class QuantizeWrapper(keras.layers.Wrapper):
         gamma = bn.gamma if bn.scale else tf.ones_like(bn.moving_variance)
         return gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
 
-    def folded_weights(self) -> dict[str, tf.Tensor]:
-        """The weights the quantizers see: BN-folded into the last weight when folding."""
+    def folded_weights(self, factor: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+        """The weights the quantizers see: BN-folded into the last weight when folding.
+
+        ``factor``: the fold factor if the caller already computed it (one computation, and one
+        gradient, per training step).
+        """
         weights = {attr: tf.convert_to_tensor(getattr(self.layer, attr))
                    for attr, _ in self.rule.weights}
         if self.batchnorm is not None:
             attr, axis = self.rule.weights[-1]
-            weights[attr] = weights[attr] * _broadcast_param(self._fold_factor(), weights[attr],
-                                                            axis)
+            factor = self._fold_factor() if factor is None else factor
+            weights[attr] = weights[attr] * _broadcast_param(factor, weights[attr], axis)
         return weights
 
     def folded_bias(self) -> tf.Tensor | None:
@@ -205,7 +209,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if training and self.batchnorm is not None and self.spec.bn_freeze_step is not None:
             # read before the quantizers count this step (0-based, like freeze_step)
             bn_step = tf.identity(self._step_counter().value)
-        weights = self.folded_weights()
+        factor = None if self.batchnorm is None else self._fold_factor()
+        weights = self.folded_weights(factor)
         for attr, quantizer in self.weight_quantizers.items():
             weights[attr] = quantizer(weights[attr], training=training)
         mid = None
@@ -219,7 +224,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             # gradients at the cost of a weight-sized op instead of two activation-sized ones
             # (the division and its gradient w.r.t. g: ~15% of a small CNN's QAT step).
             attr, axis = self.rule.weights[-1]
-            weights[attr] = weights[attr] / _broadcast_param(self._safe_fold_factor(),
+            weights[attr] = weights[attr] / _broadcast_param(self._safe_fold_factor(factor),
                                                             weights[attr], axis)
             return self._batchnorm_batch_stats(self.rule.forward(self.layer, x, weights, mid))
         y = self.rule.forward(self.layer, x, weights, mid)
@@ -229,9 +234,9 @@ class QuantizeWrapper(keras.layers.Wrapper):
             return self._add_bias(y, self.folded_bias())
         return self._batchnorm_training(y, bn_step)
 
-    def _safe_fold_factor(self):
+    def _safe_fold_factor(self, factor=None):
         """The fold factor with (near-)zero entries replaced by 1e-12, safe to divide by."""
-        factor = self._fold_factor()
+        factor = self._fold_factor() if factor is None else factor
         return tf.where(tf.abs(factor) < 1e-12, tf.ones_like(factor) * 1e-12, factor)
 
     def _batchnorm_batch_stats(self, unfolded):
