@@ -174,7 +174,8 @@ def _graph_info(tf: Any, model: Any, x: Any, y: Any, batch: int) -> Dict[str, An
     fq = {k: v for k, v in sorted(ops.items()) if k.startswith("FakeQuant")}
     layers = collections.Counter(type(layer).__name__ for layer in model.layers)
     return {"train_step_ops": sum(ops.values()), "fake_quant_ops": fq,
-            "conv_ops": {k: v for k, v in sorted(ops.items()) if "Conv" in k},
+            "conv_and_bn_ops": {k: v for k, v in sorted(ops.items())
+                                if "Conv" in k or "BatchNorm" in k},
             "layers": dict(sorted(layers.items())),
             "trainable_weights": len(model.trainable_weights)}
 
@@ -385,6 +386,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       "'* cpu' = ratio of median CPU times",
             "optimizer": f"Adam lr {args.lr} (float), {args.qat_lr} (QAT)",
             "tfquant_config": "tflite_int8", "tfmot_scheme": "default_8bit (quantize_model)",
+            "batchnorm": "tfquant folds BN into the quantized weights and trains with batch "
+                         "statistics (Jacob et al. 2018; fused BN kernel); tfmot's default_8bit "
+                         "keeps Conv/Depthwise -> BN unfolded in training (kernel quantized "
+                         "before the BN scale, BN by tf_keras' fused kernel)",
             "keras3_jit_compile": False, "threads": "TensorFlow defaults in both processes",
             "qat_starts_from": "the float model after its warm-up epochs", "seed": args.seed},
         "rows": rows,
