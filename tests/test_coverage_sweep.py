@@ -38,7 +38,7 @@ def run_pipeline(model: keras.Model, images: np.ndarray) -> dict:
     qmodel = tfquant.quantize_model(model)
     labels = np.arange(2) % CLASSES
     qmodel.compile(keras.optimizers.SGD(1e-3), "sparse_categorical_crossentropy",
-                   jit_compile=False)
+                   jit_compile=False, run_eagerly=True)   # one step: eager is ~10x cheaper
     qmodel.train_on_batch(images[:2], labels)
     data = tfquant.export.tflite(qmodel, input_type="int8", output_type="int8", strict=False)
     remaining = [str(op) for op in float_ops(data)]
@@ -162,7 +162,8 @@ def test_affine_preprocessing_end_to_end():
 
 
 def _standalone_bn_model() -> keras.Model:
-    """DenseNet's pattern: a BatchNormalization after a Concatenate (nothing to fold into)."""
+    """DenseNet's patterns: a BatchNormalization after a Concatenate (nothing to fold into), an
+    average pool (same-scale in int8) feeding a BN and a Concatenate."""
     inp = keras.Input((8, 8, 3))
     a = L.Conv2D(4, 3, padding="same")(inp)
     b = L.Conv2D(4, 1)(inp)
@@ -170,11 +171,16 @@ def _standalone_bn_model() -> keras.Model:
     x = L.BatchNormalization(name="bn")(x)
     x = L.Activation("relu")(x)
     x = L.Conv2D(4, 1)(x)
+    x = L.AveragePooling2D(2)(x)
+    y = L.BatchNormalization(name="bn_2")(x)
+    y = L.Activation("relu")(y)
+    y = L.Conv2D(4, 1)(y)
+    x = L.Concatenate()([x, y])
     x = L.GlobalAveragePooling2D()(x)
     return keras.Model(inp, L.Dense(CLASSES, activation="softmax")(x))
 
 
-def test_standalone_batchnorm_runs_as_one_depthwise_op():
+def test_standalone_batchnorm_and_average_pool_into_concatenate():
     keras.utils.set_random_seed(5)
     model = _standalone_bn_model()
     images = _images(8, -1, 1)
@@ -187,4 +193,40 @@ def test_standalone_batchnorm_runs_as_one_depthwise_op():
     assert not np.allclose(np.asarray(wrapper.batchnorm.moving_mean), before)
     row = run_pipeline(model, images)
     _assert_clean(row)
-    assert row["op_types"]["DEPTHWISE_CONV_2D"] == 1 and "MUL" not in row["op_types"]
+    assert row["op_types"]["DEPTHWISE_CONV_2D"] == 2 and "MUL" not in row["op_types"]
+    assert row["op_types"]["AVERAGE_POOL_2D"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# the sweep (slow: one model per test, split over the xdist workers)
+# ----------------------------------------------------------------------------------------------
+# name -> (input size, input range): MobileNetV3 and EfficientNet* rescale [0, 255] inside the
+# model (Rescaling / Normalization layers); the others take [-1, 1]. Xception and InceptionV3
+# need at least 71 and 75 pixels.
+SWEEP = {
+    "MobileNet": (32, (-1, 1)),
+    "MobileNetV2": (32, (-1, 1)),
+    "MobileNetV3Small": (32, (0, 255)),
+    "MobileNetV3Large": (32, (0, 255)),
+    "ResNet50": (32, (-1, 1)),
+    "EfficientNetB0": (32, (0, 255)),
+    "EfficientNetV2B0": (32, (0, 255)),
+    "DenseNet121": (32, (-1, 1)),
+    "NASNetMobile": (32, (-1, 1)),
+    "Xception": (71, (-1, 1)),
+    "InceptionV3": (75, (-1, 1)),
+    "VGG16": (32, (-1, 1)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SWEEP))
+def test_keras_application_int8_bit_exact(name):
+    size, (low, high) = SWEEP[name]
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                              classes=CLASSES)
+    row = run_pipeline(model, _images(size, low, high))
+    print(f"\n| {name} | {row['ops']} | {len(row['float_ops'])} | "
+          f"{100 * (row['bit_exact'] or 0):.1f} % |")
+    _assert_clean(row)

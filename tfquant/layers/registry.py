@@ -8,8 +8,8 @@ Kinds of layers:
 * ``"output"``: only the output is quantized (Add, Concatenate, pooling that averages, ...).
 * ``"activation"``: an activation layer; ReLU/ReLU6 fuse into the preceding layer, sigmoid /
   softmax / tanh get the fixed output ranges TFLite enforces.
-* ``"passthrough"``: the output is on the input's grid already and TFLite shares the
-  parameters (reshape, max-pool, padding, dropout ...): no quantizer.
+* ``"passthrough"``: TFLite shares the input's parameters (reshape, max-pool, padding,
+  dropout ..., and average pooling, whose int8 kernel rounds to the input's grid): no quantizer.
 
 Users add their own layer type with :func:`register_layer`.
 
@@ -195,13 +195,16 @@ def _register_builtins() -> None:
     register_layer(L.Dense, "weighted", [("kernel", -1)], _dense_forward, foldable=True)
 
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
-                L.AveragePooling1D, L.AveragePooling2D, L.GlobalAveragePooling1D,
+                L.GlobalAveragePooling1D,
                 L.GlobalAveragePooling2D, L.Rescaling, L.Normalization, L.BatchNormalization,
                 L.UpSampling2D, L.Resizing):
         register_layer(cls, "output")
     for cls in (L.ReLU, L.Activation, L.Softmax, L.LeakyReLU, L.ELU, L.PReLU):
         register_layer(cls, "activation")
+    # int8 AVERAGE_POOL_2D keeps its input's scale and zero point (the converter rejects a
+    # different output range where the scale propagates, e.g. into a Concatenate: DenseNet)
     for cls in (L.InputLayer, L.Reshape, L.Flatten, L.MaxPooling1D, L.MaxPooling2D,
+                L.AveragePooling1D, L.AveragePooling2D,
                 L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.ZeroPadding1D, L.ZeroPadding2D,
                 L.Cropping1D, L.Cropping2D, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D,
                 L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.Permute, L.Identity,

@@ -395,13 +395,15 @@ def _passthrough(builder: _Builder, layer, inputs: list[_Value], node) -> _Value
     if isinstance(layer, (L.Dropout, L.SpatialDropout2D, L.GaussianNoise, L.GaussianDropout,
                           L.Identity, L.ActivityRegularization)):
         return inputs[0]
-    if not isinstance(layer, (L.MaxPooling2D, L.Flatten, L.Reshape, L.ZeroPadding2D)):
+    if not isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D, L.Flatten, L.Reshape,
+                              L.ZeroPadding2D)):
         return None
     x = builder.quantized(inputs[0], layer.name)
     info = builder.info(x)
     out = builder.new_tensor(layer.name, shape, "int8", info.scale, info.zero_point)
-    if isinstance(layer, L.MaxPooling2D):
-        return _Value(builder.emit("MAX_POOL_2D", [x], out, {
+    if isinstance(layer, (L.MaxPooling2D, L.AveragePooling2D)):
+        kind = "MAX_POOL_2D" if isinstance(layer, L.MaxPooling2D) else "AVERAGE_POOL_2D"
+        return _Value(builder.emit(kind, [x], out, {
             "filter": tuple(layer.pool_size), "strides": tuple(layer.strides),
             "padding": layer.padding.upper(), "act_min": -128, "act_max": 127}, layer.name))
     if isinstance(layer, L.ZeroPadding2D):
