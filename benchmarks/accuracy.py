@@ -385,6 +385,21 @@ def report_only(args) -> int:
     return 0
 
 
+def _git_head() -> str | None:
+    """HEAD commit (and whether the tree had changes) when the run started: the code it used."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "tfquant"], cwd=root,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + (" (tfquant/ had uncommitted changes)" if dirty else "")
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.report_only:
@@ -397,6 +412,7 @@ def main(argv=None) -> int:
                or args.quick)
     epochs_default = {"mnist": 5, "digits": 30}
     t_start = time.perf_counter()
+    git_head = _git_head()
     use_tfmot = not args.no_tfmot and tfmot_available()
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     work_dir = tempfile.mkdtemp(prefix="tfquant_accuracy_")
@@ -463,7 +479,8 @@ def main(argv=None) -> int:
             f"{' (--quick settings)' if args.quick else ''}; the full benchmark is datasets "
             f"{full.datasets} x models {full.models}.")
     path = write_results(args.output, {
-        **payload, "settings": settings, "tfmot": use_tfmot, "wall_s": round(wall, 1),
+        **payload, "settings": settings, "git_head_at_start": git_head, "tfmot": use_tfmot,
+        "wall_s": round(wall, 1),
         "cpu_s": cpu, "load_average_at_end": list(os.getloadavg()),
         "protocol": {
             "float": "trained once per (dataset, model) in Keras 3 (Adam lr, seeded shuffle); "
