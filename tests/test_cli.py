@@ -222,12 +222,35 @@ def test_export_bad_input(files, tmp_path):
 
 
 def test_verify(files, quantized, tmp_path):
+    import json
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
     qmodel, tflite = quantized
-    proc = run_cli("verify", qmodel, tflite, "--data", files / "calib.npy", cwd=tmp_path)
+    report = tmp_path / "verify.json"
+    proc = run_cli("verify", qmodel, tflite, "--data", files / "calib.npy", "--json", report,
+                   cwd=tmp_path)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    assert "bit-exact fraction:" in proc.stdout and "max |diff|:" in proc.stdout
-    assert "first disagreeing layer:" in proc.stdout
-    assert "result: PASS" in proc.stdout
+    assert "first disagreeing layer:" in proc.stdout and "result: PASS" in proc.stdout
+    exact = float(re.search(r"bit-exact fraction: ([0-9.]+)", proc.stdout).group(1))
+    lsb = float(re.search(r"max \|diff\|: ([0-9.e+-]+) LSB", proc.stdout).group(1))
+    # reference: Keras against TFLite's reference kernels, in steps of the softmax output (1/256)
+    x = np.load(files / "calib.npy")
+    interpreter = Interpreter(model_path=str(tflite),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x)
+    interpreter.invoke()
+    keras_out = keras.saving.load_model(qmodel).predict(x, verbose=0)
+    expected = np.max(np.abs(interpreter.get_tensor(out["index"]) - keras_out)) * 256
+    assert lsb == pytest.approx(expected, abs=1e-3) and lsb <= 1
+    doc = json.loads(report.read_text())
+    assert doc["bit_exact_fraction"] == pytest.approx(exact, abs=1e-6)
+    assert doc["max_abs_diff_lsb"] == pytest.approx(lsb, rel=1e-5)
+    assert doc["samples"] == len(x) and doc["per_layer"]
 
 
 def test_verify_mismatch_exit_code(files, quantized, capsys):
@@ -329,6 +352,8 @@ def test_analyze_subclassed_model(files, tmp_path):
       "{out}/e.h5", "--mode", "int16x8"], ["cannot be exported to TFLite int16x8"]),
     (["verify", "{q.keras}", "{q.tflite}", "--data", "{calib.npy}", "--tolerance-lsb", "-1"],
      ["--tolerance-lsb", "expected a positive number"]),
+    (["verify", "{q.keras}", "{q.tflite}", "--data", "{calib.npy}", "--json", "{out}/v.txt"],
+     ["--json output", "must end in .json"]),
     (["demo", "--float-epochs", "0"], ["--float-epochs", "expected a positive integer"]),
 ])
 def test_bad_input_in_process(files, quantized, tmp_path, capsys, args, fragments):
