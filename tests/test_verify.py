@@ -180,3 +180,32 @@ def test_bad_inputs_give_clear_errors(setup, tmp_path):
         tfquant.verify(qmodel, cut, x)
     with pytest.raises(ValueError, match="shape"):
         tfquant.verify(qmodel, data, x[:, :4])
+
+
+def _hand_report(local_exact, within_1lsb, simulator_exact=1.0):
+    from tfquant.verify import LayerComparison, VerificationReport
+
+    rows = [LayerComparison(position=i, op="CONV_2D", tensor=f"t{i}", layer=f"conv{i}",
+                            scale=0.1, zero_point=0, bit_exact_fraction=1.0,
+                            keras_exact_fraction=local, keras_local_exact_fraction=local,
+                            max_abs_diff_lsb=1.0, within_1lsb_fraction=1.0)
+            for i, local in enumerate(local_exact)]
+    return VerificationReport(samples=10, bit_exact_fraction=simulator_exact,
+                              simulator_all_tensors_exact=simulator_exact == 1.0,
+                              max_abs_diff_lsb=5.0, mean_abs_diff_lsb=0.1,
+                              within_1lsb_fraction=within_1lsb, diff_histogram={0: 9, 5: 1},
+                              argmax_agreement=1.0, xnnpack_bit_exact_fraction=None,
+                              xnnpack_max_abs_diff_lsb=None, per_layer=rows)
+
+
+def test_verdict_is_layer_local_when_a_table_exists():
+    # softmax-amplified end-to-end differences (99.0 % within 1 LSB) with every layer exact
+    # on >= 99 % of its outputs when fed TFLite's inputs: the export is right
+    assert _hand_report([1.0, 0.995], within_1lsb=0.99).within_tolerance
+    # one layer that itself gets 5 % of its outputs wrong: a real export error
+    assert not _hand_report([1.0, 0.95], within_1lsb=1.0).within_tolerance
+    # the simulator disagreeing with the reference kernels always fails
+    assert not _hand_report([1.0, 1.0], within_1lsb=1.0, simulator_exact=0.99).within_tolerance
+    # without a per-layer table the end-to-end 99.9 % criterion applies
+    assert not _hand_report([], within_1lsb=0.998).within_tolerance
+    assert _hand_report([], within_1lsb=0.9995).within_tolerance

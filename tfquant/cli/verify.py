@@ -31,9 +31,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "Prints the bit-exact fraction (simulator vs TFLite), the largest output\n"
                     "difference in LSB (Keras vs TFLite) and the first layer that disagrees.\n"
                     "Exit code 0 when within tolerance, 1 otherwise (2 on bad input).\n\n"
-                    "Tolerance (default): the simulator bit-exact and >= 99.9 % of the Keras\n"
-                    "outputs within 1 LSB; --tolerance-lsb L: the simulator bit-exact and\n"
-                    "every Keras output within L LSB.",
+                    "Tolerance (default): the simulator bit-exact and every Keras layer, fed\n"
+                    "TFLite's values of its inputs, exact on >= 99 % of its outputs (what is\n"
+                    "left is TFLite's integer rounding); --tolerance-lsb L: the simulator\n"
+                    "bit-exact and every Keras output within L LSB.",
         epilog="example:\n  tfquant verify q.keras q.tflite --data calib.npy --json v.json")
     v.add_argument("qmodel", metavar="QMODEL", help="quantized model (.keras or .h5)")
     v.add_argument("tflite", metavar="TFLITE", help="its TFLite export")

@@ -32,10 +32,12 @@ from tfquant.verify.execute import (collect_inputs, io_details, run_interpreter,
                                     tflite_inputs)
 from tfquant.verify.local import local_outputs
 from tfquant.verify.matching import layer_for_tensor, match_tensors
-from tfquant.verify.report import (MIN_WITHIN_1LSB, LayerComparison, VerificationReport,
+from tfquant.verify.report import (MIN_LOCAL_EXACT, MIN_WITHIN_1LSB, LayerComparison,
+                                   VerificationReport,
                                    lsb_diff, within_1lsb)
 
-__all__ = ["verify", "VerificationReport", "LayerComparison", "MIN_WITHIN_1LSB",
+__all__ = ["verify", "VerificationReport", "LayerComparison", "MIN_LOCAL_EXACT",
+           "MIN_WITHIN_1LSB",
            "layer_for_tensor", "match_tensors"]
 
 _ACTIVATION_DTYPES = (np.int8, np.int16, np.uint8, np.float32)
