@@ -58,12 +58,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import tfquant  # noqa: E402
 import tfquant.ptq  # noqa: E402
 from common import (epoch_orders, markdown_table, run_tfmot, save_layer_weights,  # noqa: E402
-                    tfmot_available, write_results)
+                    tflite_predict, tfmot_available, write_results)
 from tfquant import datasets, zoo  # noqa: E402
 from tfquant.specs import LayerSpec, QuantConfig, TensorSpec  # noqa: E402
 
@@ -85,22 +84,7 @@ def w4a8_config() -> QuantConfig:
 # ------------------------------------------------------------------------------ TFLite
 def tflite_accuracy(flatbuffer: bytes, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of a TFLite model (float32 or int8 input/output) on ``(x, y)``."""
-    interp = Interpreter(model_content=bytes(flatbuffer))
-    inp = interp.get_input_details()[0]
-    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    if inp["dtype"] == np.float32:
-        feed = x.astype(np.float32)
-    else:
-        scale, zp = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        feed = np.clip(np.round(x / scale) + zp, info.min, info.max).astype(inp["dtype"])
-    interp.set_tensor(inp["index"], feed)
-    interp.invoke()
-    pred = interp.get_tensor(out["index"])
-    return float(np.mean(np.argmax(pred, axis=-1) == y))
+    return float(np.mean(np.argmax(tflite_predict(flatbuffer, x), axis=-1) == y))
 
 
 def float_tflite(model: keras.Model) -> bytes:

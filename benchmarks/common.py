@@ -324,3 +324,29 @@ def load_layer_weights(model: Any, path: Path) -> int:
     for layer, arrays in plan:
         layer.set_weights(arrays)
     return sum(len(a) for _, a in plan)
+
+
+def tflite_predict(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
+    """Runs a TFLite model (float or int8 input/output) on ``x`` in one batch; float scores."""
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_content=bytes(flatbuffer))
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    if inp["dtype"] == np.float32:
+        feed = x.astype(np.float32)
+    else:
+        scale, zero = inp["quantization"]
+        info = np.iinfo(inp["dtype"])
+        feed = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
+    interp.set_tensor(inp["index"], feed)
+    interp.invoke()
+    y = interp.get_tensor(out["index"])
+    if out["dtype"] != np.float32:
+        scale, zero = out["quantization"]
+        y = (y.astype(np.float32) - zero) * scale
+    return y

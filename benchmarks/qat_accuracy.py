@@ -51,7 +51,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (TfmotError, TfmotUnavailableError, epoch_orders,  # noqa: E402
+from common import (TfmotError, TfmotUnavailableError, epoch_orders, tflite_predict,  # noqa: E402
                     markdown_table, run_tfmot, save_layer_weights, write_results)
 
 import numpy as np  # noqa: E402
@@ -102,31 +102,6 @@ def _epochs_map(spec: str) -> Dict[str, int]:
 # ------------------------------------------------------------------------ helpers
 def accuracy(probs: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.argmax(probs, axis=-1) == y))
-
-
-def tflite_predict(flatbuffer: bytes, x: np.ndarray) -> np.ndarray:
-    """Runs a TFLite model (float or int8 input/output) on ``x`` in one batch; float scores."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=bytes(flatbuffer))
-    inp = interp.get_input_details()[0]
-    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    if inp["dtype"] == np.float32:
-        feed = x.astype(np.float32)
-    else:
-        scale, zero = inp["quantization"]
-        info = np.iinfo(inp["dtype"])
-        feed = np.clip(np.round(x / scale) + zero, info.min, info.max).astype(inp["dtype"])
-    interp.set_tensor(inp["index"], feed)
-    interp.invoke()
-    y = interp.get_tensor(out["index"])
-    if out["dtype"] != np.float32:
-        scale, zero = out["quantization"]
-        y = (y.astype(np.float32) - zero) * scale
-    return y
 
 
 def train_float(keras: Any, name: str, data, epochs: int, args) -> Any:
