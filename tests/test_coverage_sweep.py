@@ -207,6 +207,7 @@ SWEEP = {
     "MobileNet": (32, (-1, 1)),
     "MobileNetV2": (32, (-1, 1)),
     "MobileNetV3Small": (32, (0, 255)),
+    "MobileNetV3Large": (32, (0, 255)),
     "ResNet50": (32, (-1, 1)),
     "EfficientNetB0": (32, (0, 255)),
     "EfficientNetV2B0": (32, (0, 255)),
