@@ -212,6 +212,7 @@ SWEEP = {
     "EfficientNetB0": (32, (0, 255)),
     "EfficientNetV2B0": (32, (0, 255)),
     "DenseNet121": (32, (-1, 1)),
+    "NASNetMobile": (32, (-1, 1)),
     "Xception": (71, (-1, 1)),
     "InceptionV3": (75, (-1, 1)),
     "VGG16": (32, (-1, 1)),
