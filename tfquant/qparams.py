@@ -180,6 +180,43 @@ class QuantParams:
                 "axis": self.axis, "min": plain(self.min), "max": plain(self.max)}
 
 
+def converter_scale_zero_point(x_min: Any, x_max: Any, bits: int, narrow_range: bool,
+                               signed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The scale and zero point the TFLite converter stores for a FakeQuant range.
+
+    TF's FakeQuant kernel (and :class:`QuantParams`) derive the scale in float32; the converter
+    reads the same ``min``/``max``, recomputes ``(max - min) / (qmax - qmin)`` in double, stores
+    it as float32 and takes the zero point from whichever end of the range rounds with the
+    smaller error. The two agree except in the last bit of the scale for ranges where
+    ``max - min`` is not exact in float32; what TFLite computes follows the converter's value.
+
+    Args:
+        x_min: range minimum (scalar or per channel).
+        x_max: range maximum.
+        bits: bit width.
+        narrow_range: whether the lowest level is unused.
+        signed: zero points on the signed grid (int8) rather than the unsigned one.
+
+    Returns:
+        ``(scale, zero_point)`` as 1-D float32 and int64 arrays (one entry per channel).
+
+    Example:
+        >>> scale, zp = converter_scale_zero_point(-1.0, 1.0, 8, False, True)
+        >>> float(scale[0]), int(zp[0])
+        (0.007843137718737125, 0)
+    """
+    lo = np.asarray(x_min, np.float64).reshape(-1)
+    hi = np.asarray(x_max, np.float64).reshape(-1)
+    qmin, qmax = unsigned_grid(bits, narrow_range)
+    scale = (hi - lo) / float(qmax - qmin)
+    from_min, from_max = qmin - lo / scale, qmax - hi / scale
+    use_min = (abs(qmin) + np.abs(lo / scale)) < (abs(qmax) + np.abs(hi / scale))
+    zp = np.where(use_min, from_min, from_max)
+    zp = np.clip(np.sign(zp) * np.floor(np.abs(zp) + 0.5), qmin, qmax).astype(np.int64)
+    zp = zp - ((1 << (bits - 1)) if signed else 0)
+    return scale.astype(np.float32), zp
+
+
 def symmetric_range(abs_max: Any, bits: int, narrow_range: bool):
     """The (min, max) pair whose nudged grid is symmetric around 0 and covers ``abs_max``.
 

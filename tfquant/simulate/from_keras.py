@@ -38,6 +38,7 @@ import numpy as np
 from tfquant.layers.registry import activation_name
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer
+from tfquant.qparams import converter_scale_zero_point
 from tfquant.simulate import builders as B
 from tfquant.simulate.graph import Graph, Op, TensorInfo
 
@@ -309,17 +310,8 @@ def converter_params(q: Quantizer) -> ConverterParams:
         0.003921569
     """
     p = q.quant_params()
-    lo, hi = (np.asarray(keras.ops.convert_to_numpy(t), np.float64).reshape(-1)
-              for t in q.current_range())
-    qmin = 1 if p.narrow_range else 0
-    qmax = (1 << p.bits) - 1
-    scale = (hi - lo) / float(qmax - qmin)
-    from_min, from_max = qmin - lo / scale, qmax - hi / scale
-    use_min = (abs(qmin) + np.abs(lo / scale)) < (abs(qmax) + np.abs(hi / scale))
-    zp = np.where(use_min, from_min, from_max)
-    zp = np.clip(np.sign(zp) * np.floor(np.abs(zp) + 0.5), qmin, qmax).astype(np.int64)
-    zp = zp - ((1 << (p.bits - 1)) if p.signed else 0)
-    scale = scale.astype(np.float32)
+    lo, hi = (keras.ops.convert_to_numpy(t) for t in q.current_range())
+    scale, zp = converter_scale_zero_point(lo, hi, p.bits, p.narrow_range, p.signed)
     if not p.per_axis:
         return ConverterParams(scale[0], int(zp[0]))
     return ConverterParams(scale, zp)
