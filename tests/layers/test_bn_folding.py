@@ -209,3 +209,41 @@ def test_fold_into_non_foldable_layer_raises():
     with pytest.raises(ValueError, match="'add'"):
         QuantizeWrapper(keras.layers.Add(name="add"), LayerSpec(),
                         batchnorm=keras.layers.BatchNormalization())
+
+
+@pytest.mark.parametrize("layer", [
+    keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv_cf"),
+    keras.layers.DepthwiseConv2D(3, data_format="channels_first", name="conv_cf"),
+])
+def test_fold_into_channels_first_layer_raises(layer):
+    """The folding broadcasts over the last axis; TF's CPU Conv2D cannot even run NCHW, and
+    the annotator never folds into a channels-first layer, so the wrapper refuses it."""
+    with pytest.raises(ValueError, match="'conv_cf'.*channels_first"):
+        QuantizeWrapper(layer, _spec(bn_freeze_step=2),
+                        batchnorm=keras.layers.BatchNormalization(axis=1, name="bn"))
+
+
+def test_fold_bn_over_another_axis_raises():
+    wrapper = QuantizeWrapper(keras.layers.Conv2D(4, 3, name="conv"), _spec(),
+                              batchnorm=keras.layers.BatchNormalization(axis=1, name="bn"))
+    with pytest.raises(ValueError, match="'conv'.*'bn'.*axis=1"):
+        wrapper.build((None, 4, 6, 6))
+
+
+def test_quantize_model_keeps_channels_first_bn_unfolded():
+    """quantize_model with bn_freeze_step on channels_first Conv2D -> BN(axis=1): the BN is not
+    folded (so the wrapper's check above is never hit) and stays a layer of its own."""
+    import dataclasses
+
+    import tfquant
+    from tfquant.specs import QuantConfig
+
+    config = QuantConfig(dataclasses.replace(QuantConfig().global_spec, bn_freeze_step=2))
+    inputs = keras.Input((3, 6, 6))
+    y = keras.layers.Conv2D(4, 3, data_format="channels_first", name="conv")(inputs)
+    y = keras.layers.BatchNormalization(axis=1, name="bn")(y)
+    qmodel = tfquant.quantize_model(keras.Model(inputs, y), config)
+    wrappers = {l.layer.name: l for l in qmodel.layers if isinstance(l, QuantizeWrapper)}
+    assert set(wrappers) == {"conv", "bn"}
+    assert wrappers["conv"].batchnorm is None
+    assert wrappers["bn"].layer.axis in (1, [1])

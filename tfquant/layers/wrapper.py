@@ -10,6 +10,9 @@ forward function), optionally with a BatchNormalization folded in:
   mode, so batch statistics normalise the output and the moving statistics are updated
   (single-convolution folding, as in Krishnamoorthi 2018, Sec. 3.2).
 
+A folded BN must normalise the layer's last (channel) axis: the wrapper refuses a
+``data_format="channels_first"`` layer or a BN over another axis (the annotator folds neither).
+
 Activations that TFLite fuses (ReLU, ReLU6) are applied before the output quantizer; any other
 activation gets a quantizer before it too, since TFLite runs it as a separate int8 op.
 """
@@ -106,6 +109,12 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if batchnorm is not None and not self.rule.foldable:
             raise ValueError(f"layer {layer.name!r}: BatchNormalization cannot be folded into "
                              f"{type(layer).__name__}.")
+        if batchnorm is not None and getattr(layer, "data_format", None) == "channels_first":
+            # the folding broadcasts the BN factors and the bias over the last axis (as the
+            # annotator, which folds channels-last layers only, guarantees)
+            raise ValueError(f"layer {layer.name!r}: BatchNormalization {batchnorm.name!r} "
+                             "cannot be folded into a data_format='channels_first' "
+                             f"{type(layer).__name__}; only channels-last layers fold a BN.")
 
         self.weight_quantizers: dict[str, Quantizer] = {}
         if self.rule.kind == "weighted" and self.spec.weights is not None:
@@ -137,17 +146,29 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def build(self, input_shape):
         if not self.layer.built:
             self.layer.build(input_shape)
-        if self.batchnorm is not None and not self.batchnorm.built:
-            self.batchnorm.build(self.compute_output_shape(input_shape))
+        out_shape = self.compute_output_shape(input_shape)
+        if self.batchnorm is not None:
+            self._check_batchnorm_axis(out_shape)
+            if not self.batchnorm.built:
+                self.batchnorm.build(out_shape)
         for attr, quantizer in self.weight_quantizers.items():
             quantizer.build(tuple(getattr(self.layer, attr).shape))
-        out_shape = self.compute_output_shape(input_shape)
         for quantizer in (self.intermediate_quantizer, self.pre_activation_quantizer,
                           self.output_quantizer):
             if quantizer is not None:
                 quantizer.build(out_shape)
         self.built = True
         self.initialize_weight_ranges()
+
+    def _check_batchnorm_axis(self, out_shape) -> None:
+        """Raises unless the folded BN normalises the last axis of the layer's output."""
+        bn, rank = self.batchnorm, len(out_shape)
+        axis = bn.axis if isinstance(bn.axis, int) else (
+            bn.axis[0] if len(bn.axis) == 1 else None)
+        if axis is None or axis % rank != rank - 1:
+            raise ValueError(f"layer {self.layer.name!r}: BatchNormalization {bn.name!r} "
+                             f"(axis={bn.axis}) cannot be folded into it; a folded BN must "
+                             f"normalise the output's last axis (channels), of rank {rank}.")
 
     def initialize_weight_ranges(self) -> None:
         """Sets observed weight ranges from the current (folded) weights, so the wrapper
