@@ -8,6 +8,7 @@ import re
 
 import keras
 
+import tfquant
 from tfquant.analysis import html_report, report
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -23,9 +24,8 @@ def assert_self_contained(page: str):
         assert bad not in lowered, bad
 
 
-def test_report_is_one_self_contained_page(weight_fragile, monkeypatch, tmp_path):
+def test_report_is_one_self_contained_page(weight_fragile, tmp_path):
     model, x, y = weight_fragile
-    monkeypatch.setattr(html_report, "find_verify", lambda: None)
     path = report(model, (x[:64], y[:64]), tmp_path / "r.html",
                   metric_fn=keras.metrics.SparseCategoricalAccuracy(), tflite=b"\0" * 16,
                   config="w8a8_per_tensor", eager=True)
@@ -38,7 +38,8 @@ def test_report_is_one_self_contained_page(weight_fragile, monkeypatch, tmp_path
                     "TFLite verification"):
         assert f">{section}</h2>" in page
     assert "fc1/weights/kernel" in page and "sparse_categorical_accuracy" in page
-    assert "tfquant.verify is not available" in page
+    # the real tfquant.verify ran on the 16 zero bytes and its failure is in the page
+    assert "tfquant.verify failed:" in page
     images = IMAGE.findall(page)
     assert len(images) == 2 + 4  # sensitivity + SQNR charts, one histogram figure per layer
     for data in images:
@@ -70,7 +71,7 @@ def test_report_verification_section_and_sqnr_only(weight_fragile, weight_qmodel
         calls.append((qmodel, tflite))
         return _FakeVerification()
 
-    monkeypatch.setattr(html_report, "find_verify", lambda: fake_verify)
+    monkeypatch.setattr(html_report, "verify", fake_verify)
     tflite = tmp_path / "m.tflite"
     tflite.write_bytes(b"\0" * 32)
     flags = [q.enabled for g in html_report.layer_groups(weight_qmodel)
@@ -93,8 +94,29 @@ def test_a_failing_section_is_reported_not_fatal(weight_qmodel, x_data, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("interpreter exploded")
 
-    monkeypatch.setattr(html_report, "find_verify", lambda: broken)
+    monkeypatch.setattr(html_report, "verify", broken)
     path = report(None, x_data[:16], tmp_path / "f.html", qmodel=weight_qmodel,
                   tflite=b"abc", histograms=False)
     page = open(path, encoding="utf-8").read()
     assert "RuntimeError: interpreter exploded" in page and ">Quantizers</h2>" in page
+
+
+def test_report_verifies_a_real_tflite_file(weight_fragile, tmp_path):
+    """No stand-in: tfquant.verify runs on an exported file; the page shows its figures."""
+    model, x, _ = weight_fragile
+    assert html_report.verify is tfquant.verify
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, x, verbose=0)
+    tflite = tmp_path / "m.tflite"
+    tfquant.export.tflite(qmodel, tflite)
+    path = report(None, x[:32], tmp_path / "real.html", qmodel=qmodel, tflite=tflite,
+                  histograms=False)
+    page = open(path, encoding="utf-8").read()
+    assert_self_contained(page)
+    assert "failed:" not in page
+    expected = tfquant.verify(qmodel, tflite, x[:32])  # the same call, made here
+    fraction = html_report._num(expected.bit_exact_fraction)
+    assert f'<td>bit_exact_fraction</td><td class="num">{fraction}</td>' in page
+    assert len(expected.per_layer) >= 3  # one row per TFLite op output: fc1, fragile, head
+    for row in expected.per_layer:
+        assert f"<td>{html_report._esc(row.tensor)}</td>" in page

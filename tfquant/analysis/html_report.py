@@ -28,6 +28,7 @@ import numpy as np
 from tfquant.analysis import plots
 from tfquant.analysis.sensitivity import SensitivityTable, prepare, sensitivity
 from tfquant.analysis.sqnr import layer_groups, layer_sqnr
+from tfquant.verify import verify
 
 CSS = """
 body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em;
@@ -202,28 +203,6 @@ def _histogram_section(qmodel: keras.Model, data: Any, batch_size: int, steps: i
     return "\n".join(parts)
 
 
-def find_verify() -> Callable | None:
-    """``tfquant.verify`` if it exists (it is optional), else None."""
-    import importlib
-
-    import tfquant
-
-    candidate = getattr(tfquant, "verify", None)
-    if callable(candidate):
-        return candidate
-    for module in ("tfquant.verify", "tfquant.simulate.verify"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name is not None and module.startswith(err.name):
-                continue  # not written / not installed; a broken import is reported instead
-            raise
-        fn = getattr(mod, "verify", None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def _records(value: Any) -> list[dict] | None:
     """Best-effort conversion of a per-layer result into rows."""
     if value is None:
@@ -247,7 +226,7 @@ def _records(value: Any) -> list[dict] | None:
     return None
 
 
-def _verify_section(qmodel: keras.Model, tflite: Any, data: Any, verify_fn) -> str:
+def _verify_section(qmodel: keras.Model, tflite: Any, data: Any) -> str:
     parts = []
     if isinstance(tflite, (bytes, bytearray)):
         parts.append(f"<p>TFLite model: {len(tflite)} bytes (given in memory).</p>")
@@ -256,12 +235,8 @@ def _verify_section(qmodel: keras.Model, tflite: Any, data: Any, verify_fn) -> s
         size = os.path.getsize(path) if os.path.exists(path) else None
         parts.append(f"<p>TFLite model: <code>{_esc(os.path.basename(path))}</code>"
                      f"{f', {size} bytes' if size is not None else ' (file not found)'}.</p>")
-    if verify_fn is None:
-        parts.append(_note("Verification skipped: tfquant.verify is not available in this "
-                           "installation."))
-        return "\n".join(parts)
     try:
-        result = verify_fn(qmodel, tflite, data)
+        result = verify(qmodel, tflite, data)
     except Exception as err:  # noqa: BLE001 - verification problems are reported, not fatal
         parts.append(_error("tfquant.verify", err))
         return "\n".join(parts)
@@ -294,10 +269,9 @@ def report(model: keras.Model | None, data: Any, path: str | os.PathLike,
     scale and zero point (``quant_params()``); the sensitivity table and charts when
     ``metric_fn`` is given (:func:`~tfquant.analysis.sensitivity.sensitivity`), else per-layer
     SQNR; histograms of weights and activations against their grids; and, when ``tflite`` is
-    given, the verification of that file against the Keras model (``tfquant.verify``; the
-    section says so when that function is not available). Images are embedded as base64 PNG;
-    the page links to nothing outside itself. A failing section is reported in the page rather
-    than losing the report.
+    given, the verification of that file against the Keras model (``tfquant.verify``). Images
+    are embedded as base64 PNG; the page links to nothing outside itself. A failing section
+    (verification included) is reported in the page rather than losing the report.
 
     Args:
         model: the float model (None when ``qmodel`` is given and no float model is at hand).
@@ -362,7 +336,7 @@ def report(model: keras.Model | None, data: Any, path: str | os.PathLike,
         add("Histograms", lambda: _histogram_section(qmodel, data, batch_size, hist_steps,
                                                      max_histogram_layers))
     if tflite is not None:
-        add("TFLite verification", lambda: _verify_section(qmodel, tflite, data, find_verify()))
+        add("TFLite verification", lambda: _verify_section(qmodel, tflite, data))
 
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     nav = " | ".join(f'<a href="#s{i}">{_esc(h)}</a>' for i, (h, _) in enumerate(sections))
