@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
+from tfquant._retracing import quiet_retracing, reset_compiled_functions
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.ptq.data import input_specs, iter_batches, pack_inputs
 from tfquant.quantizers import Quantizer
@@ -171,14 +171,6 @@ def all_model_quantizers(qmodel: keras.Model) -> list[Quantizer]:
     for g in layer_groups(qmodel, include_disabled=True):
         found.extend(g.quantizers.values())
     return found
-
-
-def reset_compiled_functions(model: keras.Model) -> None:
-    """Drops the model's cached ``predict``/``evaluate``/``fit`` functions, so the next call
-    re-traces and sees the current ``Quantizer.enabled`` flags."""
-    for attr in ("predict_function", "test_function", "train_function"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
 
 
 @contextlib.contextmanager
@@ -324,22 +316,9 @@ def predict(model: keras.Model, batches: list[Batch], eager: bool = False) -> An
         @tf.function(input_signature=_signature(model), autograph=False)
         def run(*xs):
             return model(pack_inputs(model, list(xs)), training=False)
-    with _quiet_retracing():
+    with quiet_retracing():  # re-tracing per quantizer configuration is the point
         outs = [tree.map_structure(lambda t: np.asarray(t), run(*b.x)) for b in batches]
     return tree.map_structure(lambda *parts: np.concatenate(parts, axis=0), *outs)
-
-
-@contextlib.contextmanager
-def _quiet_retracing() -> Iterator[None]:
-    """Silences TF's "triggered tf.function retracing" warning: here re-tracing per quantizer
-    configuration is the point."""
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------- per layer

@@ -54,12 +54,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfquant._retracing import quiet_retracing
 from tfquant.fake_quant import _broadcast_param
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.ptq.adaround_graph import RECONSTRUCT_AFTER  # noqa: F401 - re-exported
 from tfquant.ptq.adaround_graph import (_split, _take_batches, adaroundable_layers,
                                         collect_layer_data, fused_activation, layer_consumers)
-from tfquant.ptq.adaround_optimizer import _Optimizer, _quiet_retracing
+from tfquant.ptq.adaround_optimizer import _Optimizer
 from tfquant.ptq.adaround_rounding import (GAMMA, ZETA, AdaRoundLayer, init_alpha,
                                            reconstruction_loss, rectified_sigmoid,
                                            round_regularizer)
@@ -175,7 +176,9 @@ def adaround(qmodel: keras.Model, data: Any, iterations: int = 10000,
             progbar = keras.utils.Progbar(iterations, verbose=1, unit_name="step")
         opt = _Optimizer(layer, iterations, reg_weight, beta_range, warm_start, batch_size,
                          learning_rate, seed + index)
-        with _quiet_retracing():
+        # Every layer has its own compiled step (its own variables and shapes), which TF
+        # counts as retracing.
+        with quiet_retracing():
             opt.run(x_hat, target, progbar)
 
         nearest = np.asarray(layer.nearest_weight())

@@ -9,15 +9,13 @@ model-level driver is :func:`tfquant.ptq.adaround.adaround`.
 Example:
     >>> opt = _Optimizer(layer, iterations=1000, reg_weight=0.01, beta_range=(20, 2),
     ...                  warm_start=0.2, batch_size=32, learning_rate=1e-2, seed=0)
-    >>> with _quiet_retracing():
+    >>> from tfquant._retracing import quiet_retracing
+    >>> with quiet_retracing():              # one compiled step per layer: TF warns otherwise
     ...     opt.run(x_hat, target, progbar=None)
     >>> rounding = opt.hard_rounding()       # 0/1 per weight: round down / up
 """
 
 from __future__ import annotations
-
-import contextlib
-import logging
 
 import keras
 import numpy as np
@@ -25,25 +23,6 @@ import tensorflow as tf
 
 from tfquant.ptq.adaround_rounding import (AdaRoundLayer, _squared_error, init_alpha,
                                            rectified_sigmoid, round_regularizer)
-
-
-class _QuietRetracing(logging.Filter):
-    """Drops TensorFlow's "triggered tf.function retracing" warning: every layer has its own
-    compiled step (its own variables and shapes), which TF counts as retracing."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "tf.function retracing" not in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_retracing():
-    logger = tf.get_logger()
-    quiet = _QuietRetracing()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
 
 
 class _Optimizer:

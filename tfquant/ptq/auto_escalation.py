@@ -18,11 +18,12 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from tfquant._retracing import reset_compiled_functions
 from tfquant.layers.registry import activation_name
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.ptq.adaround_graph import RECONSTRUCT_AFTER, layer_consumers
 from tfquant.ptq.auto_report import AutoQuantError, AutoReport
-from tfquant.ptq.auto_search import _forget_traces, _Runner, _Search
+from tfquant.ptq.auto_search import _Runner, _Search
 from tfquant.quantizers import Quantizer
 from tfquant.specs import QuantConfig
 
@@ -111,7 +112,7 @@ def _rank_layers(search: _Search, groups: dict[str, list[str]], config: QuantCon
             finally:
                 for q in quantizers:
                     q.enabled = True
-                _forget_traces(ptq_best)
+                reset_compiled_functions(ptq_best)
         else:
             cfg = config.with_overrides(by_name={m: {"skip": True} for m in members})
             _, step = runner.run(step_name, "sensitivity",
@@ -181,5 +182,5 @@ def _maybe_qat(best: dict, runner: _Runner, qat_data: Any, epochs: int, learning
         report.best = step.name
     else:  # QAT did not help: back to the PTQ weights
         qmodel.set_weights(saved)
-        _forget_traces(qmodel)
+        reset_compiled_functions(qmodel)
     return qmodel, report

@@ -24,17 +24,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import keras
 
+from tfquant._retracing import reset_compiled_functions
 from tfquant.ptq.auto_report import AutoQuantError, AutoReport, AutoStep
 from tfquant.ptq.pipeline import ptq
 from tfquant.specs import QuantConfig
-
-
-def _forget_traces(model: keras.Model) -> None:
-    """Drops Keras' cached predict/evaluate/train functions (quantizer flags are read when a
-    function is traced)."""
-    for attr in ("predict_function", "test_function", "train_function"):
-        if hasattr(model, attr):
-            setattr(model, attr, None)
 
 
 def _variant_name(observer: str, methods: Sequence[str]) -> str:
@@ -55,7 +48,7 @@ class _Runner:
                              f"{type(err).__name__}: {err}", step, self.report) from err
 
     def evaluate(self, step: str, model: keras.Model) -> float:
-        _forget_traces(model)
+        reset_compiled_functions(model)
         try:
             value = self.eval_fn(model)
         except Exception as err:  # noqa: BLE001 - re-raised with the step named
