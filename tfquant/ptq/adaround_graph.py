@@ -2,7 +2,8 @@
 
 :func:`adaroundable_layers` lists the weighted layers AdaRound can round, :func:`layer_consumers`
 and :func:`fused_activation` find the ReLU/ReLU6 TFLite fuses after a layer (the reconstruction
-is taken after it), and :func:`collect_layer_data` runs the model up to a layer's input, with
+is taken after it; :func:`relu_after` is the walk past folded BatchNormalizations, shared with
+:func:`tfquant.ptq.auto.layer_groups`), and :func:`collect_layer_data` runs the model up to a layer's input, with
 the quantizers on or off. The driver is :func:`tfquant.ptq.adaround.adaround`.
 
 Example:
@@ -28,7 +29,7 @@ from tfquant.quantizers import Quantizer
 RECONSTRUCT_AFTER = ("relu", "relu6")
 
 __all__ = ["adaroundable_layers", "collect_layer_data", "fused_activation", "layer_consumers",
-           "RECONSTRUCT_AFTER"]
+           "relu_after", "RECONSTRUCT_AFTER"]
 
 
 def _all_quantizers(model: keras.Model) -> list[Quantizer]:
@@ -67,29 +68,57 @@ def fused_activation(wrapper: QuantizeWrapper, consumers: dict | None = None
         >>> fused_activation(qmodel.get_layer("quant_conv1"), layer_consumers(qmodel))
         <ReLU name=relu1, built=True>
     """
-    def following(op) -> list[Any]:
-        if consumers is not None:
-            return consumers.get(id(op), [])
-        return [node.operation for node in getattr(op, "_outbound_nodes", [])]
-
     own = activation_name(getattr(wrapper.layer, "activation", None))
     if own in RECONSTRUCT_AFTER:
         return wrapper.layer.activation
     if own != "linear" or wrapper.quantize_output:
         return None
-    op = wrapper
+    relu, _ = relu_after(wrapper, consumers)
+    return None if relu is None else relu.layer
+
+
+def relu_after(op: Any, consumers: dict | None = None
+               ) -> tuple[QuantizeWrapper | None, list[keras.layers.Layer]]:
+    """Follows ``op``'s output past folded BatchNormalizations to a ReLU/ReLU6 layer.
+
+    The walk goes from layer to layer while each has a single consumer; an ``Identity`` (the
+    stand-in :func:`tfquant.quantize_model` leaves for a folded BatchNormalization) is
+    passed, and the first other layer ends it. The caller decides whether ``op`` may fuse an
+    activation at all (:func:`fused_activation`, :func:`tfquant.ptq.auto.layer_groups`).
+
+    Args:
+        op: a layer of a Functional model (usually a weighted layer's wrapper).
+        consumers: :func:`layer_consumers` of its model (None: follow the layers' outbound
+            nodes, right when ``op`` belongs to a single model).
+
+    Returns:
+        ``(relu, passed)``: the wrapper of the ReLU/ReLU6 activation layer the walk ends on
+        (None when it ends elsewhere, or at a layer with no or several consumers), and the
+        ``Identity`` layers passed on the way, in order, whatever the walk ends on.
+
+    Example:
+        >>> relu, folded = relu_after(qmodel.get_layer("quant_conv1"), layer_consumers(qmodel))
+        >>> relu.layer.name, [bn.name for bn in folded]
+        ('relu1', ['bn1'])
+    """
+    def following(layer) -> list[Any]:
+        if consumers is not None:
+            return consumers.get(id(layer), [])
+        return [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+
+    passed: list[keras.layers.Layer] = []
     while True:
         after = following(op)
         if len(after) != 1:
-            return None
+            return None, passed
         op = after[0]
-        if isinstance(op, keras.layers.Identity):  # stands in for a folded BatchNormalization
-            continue
-        break
+        if not isinstance(op, keras.layers.Identity):
+            break
+        passed.append(op)  # stands in for a folded BatchNormalization
     if (isinstance(op, QuantizeWrapper) and op.rule.kind == "activation"
             and activation_name(op.layer) in RECONSTRUCT_AFTER):
-        return op.layer
-    return None
+        return op, passed
+    return None, passed
 
 
 def adaroundable_layers(qmodel: keras.Model) -> list[QuantizeWrapper]:

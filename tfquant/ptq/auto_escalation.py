@@ -19,9 +19,8 @@ import keras
 import numpy as np
 
 from tfquant._retracing import reset_compiled_functions
-from tfquant.layers.registry import activation_name
 from tfquant.layers.wrapper import QuantizeWrapper
-from tfquant.ptq.adaround_graph import RECONSTRUCT_AFTER, layer_consumers
+from tfquant.ptq.adaround_graph import layer_consumers, relu_after
 from tfquant.ptq.auto_report import AutoQuantError, AutoReport
 from tfquant.ptq.auto_search import _Runner, _Search
 from tfquant.quantizers import Quantizer
@@ -50,20 +49,11 @@ def layer_groups(qmodel: keras.Model) -> dict[str, list[str]]:
             continue
         names = [op.layer.name]
         if op.rule.kind == "weighted" and not op.quantize_output:
-            follower = op
-            while True:
-                nxt = consumers.get(id(follower), [])
-                if len(nxt) != 1:
-                    break
-                follower = nxt[0]
-                if isinstance(follower, keras.layers.Identity):   # a folded BN
-                    names.append(follower.name)
-                    continue
-                if (isinstance(follower, QuantizeWrapper) and follower.rule.kind == "activation"
-                        and activation_name(follower.layer) in RECONSTRUCT_AFTER):
-                    names.append(follower.layer.name)
-                    fused_into.add(id(follower))
-                break
+            relu, folded_bns = relu_after(op, consumers)
+            names.extend(bn.name for bn in folded_bns)
+            if relu is not None:
+                names.append(relu.layer.name)
+                fused_into.add(id(relu))
         elif op.batchnorm is not None:
             names.append(op.batchnorm.name)
         groups[op.layer.name] = names
