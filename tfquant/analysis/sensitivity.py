@@ -33,9 +33,8 @@ from keras import tree
 
 from tfquant.analysis.sensitivity_table import FIELDS  # noqa: F401 - re-exported
 from tfquant.analysis.sensitivity_table import SensitivityRecord, SensitivityTable
-from tfquant.analysis.sqnr import (Batch, LayerGroup, accumulate_powers, enabled_only,
-                                   layer_groups, load_batches, predict, probe_model,
-                                   sqnr_from_powers)
+from tfquant.analysis.sqnr import (Batch, enabled_only, group_sqnr, layer_groups, load_batches,
+                                   predict)
 from tfquant.annotate import quantize_model
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.ptq.calibrate import calibrate
@@ -250,7 +249,7 @@ def sensitivity(model: keras.Model, data: Any, metric_fn: MetricFn,
     with enabled_only(qmodel, everything):
         quant_metric = evaluate()
 
-    sqnr_acc, sqnr_iso = _sqnr(qmodel, groups, batches, everything, eager) if sqnr else ({}, {})
+    sqnr_acc, sqnr_iso = group_sqnr(qmodel, groups, batches, eager) if sqnr else ({}, {})
     sign = 1.0 if higher_is_better else -1.0
     records = []
     for g in groups:
@@ -278,21 +277,3 @@ def sensitivity(model: keras.Model, data: Any, metric_fn: MetricFn,
     return SensitivityTable(records, float_metric, quant_metric, metric_name=str(name),
                             higher_is_better=higher_is_better,
                             samples=sum(b.size for b in batches))
-
-
-def _sqnr(qmodel: keras.Model, groups: list[LayerGroup], batches: list[Batch], everything,
-          eager: bool) -> tuple[dict[str, float], dict[str, float]]:
-    """Accumulated and isolated per-layer SQNR on ``batches``."""
-    probe, names = probe_model(qmodel, groups)
-    with enabled_only(qmodel, []):
-        reference = predict(probe, batches, eager)
-    with enabled_only(qmodel, everything):
-        powers = accumulate_powers(reference, predict(probe, batches, eager))
-    accumulated = {n: sqnr_from_powers(*powers[n]) for n in names}
-    isolated = {}
-    by_name = {g.name: g for g in groups}
-    for n in names:
-        with enabled_only(qmodel, by_name[n].quantizers.values()):
-            out = predict(probe, batches, eager)
-        isolated[n] = sqnr_from_powers(*accumulate_powers({n: reference[n]}, {n: out[n]})[n])
-    return accumulated, isolated

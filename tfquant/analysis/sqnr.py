@@ -11,8 +11,8 @@ This module holds what every analysis needs:
   few (``Quantizer.enabled``) and restores the flags afterwards;
 * :func:`load_batches` / :func:`predict`: analysis data as in-memory batches and a forward pass
   traced afresh for the current quantizer configuration;
-* :func:`layer_sqnr`: per-layer SQNR of the quantized model against its float twin (the same
-  model with every quantizer off).
+* :func:`layer_sqnr` / :func:`group_sqnr`: per-layer SQNR of the quantized model against its
+  float twin (the same model with every quantizer off).
 
 Example:
     >>> qmodel = tfquant.quantize_model(model)
@@ -374,19 +374,46 @@ def layer_sqnr(qmodel: keras.Model, data: Any, batch_size: int = 32, steps: int 
         'fc2'
     """
     batches = load_batches(qmodel, data, batch_size, steps)
-    groups = layer_groups(qmodel)
+    accumulated, own = group_sqnr(qmodel, layer_groups(qmodel), batches, eager,
+                                  accumulated=not isolated, isolated=isolated)
+    return own if isolated else accumulated
+
+
+def group_sqnr(qmodel: keras.Model, groups: list[LayerGroup], batches: list[Batch],
+               eager: bool = False, accumulated: bool = True, isolated: bool = True
+               ) -> tuple[dict[str, float], dict[str, float]]:
+    """Accumulated and isolated SQNR (dB) of each of ``groups``' output on ``batches``.
+
+    One float reference pass serves both: the accumulated SQNR is measured with every quantizer
+    of ``groups`` on, the isolated one per group with only its own on (see :func:`layer_sqnr`).
+
+    Args:
+        qmodel, eager: as for :func:`layer_sqnr`.
+        groups, batches: from :func:`layer_groups` and :func:`load_batches`.
+        accumulated, isolated: which to measure (the other dict is left empty).
+
+    Returns:
+        ``(accumulated, isolated)``, each ``group name -> SQNR in dB`` in graph order.
+
+    Example:
+        >>> acc, iso = group_sqnr(qmodel, layer_groups(qmodel), load_batches(qmodel, x))
+        >>> acc["fc2"], iso["fc2"]     # error accumulated up to fc2, fc2's own error
+        (31.5, 36.2)
+    """
     probe, names = probe_model(qmodel, groups)
     with enabled_only(qmodel, []):
         reference = predict(probe, batches, eager)
-    if not isolated:
+    acc: dict[str, float] = {}
+    if accumulated:
         everything = [q for g in groups for q in g.quantizers.values()]
         with enabled_only(qmodel, everything):
             powers = accumulate_powers(reference, predict(probe, batches, eager))
-        return {n: sqnr_from_powers(*powers[n]) for n in names}
-    result = {}
-    by_name = {g.name: g for g in groups}
-    for n in names:
-        with enabled_only(qmodel, by_name[n].quantizers.values()):
-            out = predict(probe, batches, eager)
-        result[n] = sqnr_from_powers(*accumulate_powers({n: reference[n]}, {n: out[n]})[n])
-    return result
+        acc = {n: sqnr_from_powers(*powers[n]) for n in names}
+    iso: dict[str, float] = {}
+    if isolated:
+        by_name = {g.name: g for g in groups}
+        for n in names:
+            with enabled_only(qmodel, by_name[n].quantizers.values()):
+                out = predict(probe, batches, eager)
+            iso[n] = sqnr_from_powers(*accumulate_powers({n: reference[n]}, {n: out[n]})[n])
+    return acc, iso
