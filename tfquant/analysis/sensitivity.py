@@ -33,8 +33,8 @@ from keras import tree
 
 from tfquant.analysis.sensitivity_table import FIELDS  # noqa: F401 - re-exported
 from tfquant.analysis.sensitivity_table import SensitivityRecord, SensitivityTable
-from tfquant.analysis.sqnr import (Batch, enabled_only, group_sqnr, layer_groups, load_batches,
-                                   predict)
+from tfquant.analysis.sqnr import (Batch, _is_xy, enabled_only, group_sqnr, layer_groups,
+                                   load_batches, predict)
 from tfquant.annotate import quantize_model
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.ptq.calibrate import calibrate
@@ -147,7 +147,7 @@ def prepare(model: keras.Model, config: QuantConfig | str | dict | None = "tflit
     source = data if calibration is None else calibration
     if source is None:
         raise ValueError("no calibration data: pass data or calibration=...")
-    if _has_labels(source):  # (x, y) arrays: calibrate reads a tuple as a list of batches
+    if _is_xy(source):  # (x, y) arrays: calibrate reads a tuple as a list of batches
         source = x_only(qmodel, load_batches(qmodel, source, batch_size, steps))
     calibrate(qmodel, source, observer=observer, batch_size=batch_size, steps=steps, verbose=0)
     return qmodel
@@ -157,10 +157,6 @@ def x_only(model: keras.Model, batches: list[Batch]) -> list[Any]:
     """The batches' inputs as calibration items: an array, or a dict keyed by input name."""
     names = [s.name for s in input_specs(model)]
     return [b.x[0] if len(b.x) == 1 else dict(zip(names, b.x)) for b in batches]
-
-
-def _has_labels(data: Any) -> bool:
-    return isinstance(data, tuple) and len(data) in (2, 3)
 
 
 def _drop(reference: float, value: float | None, sign: float) -> float | None:

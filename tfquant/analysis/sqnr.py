@@ -224,6 +224,7 @@ class Batch:
 
 
 def _is_xy(item: Any) -> bool:
+    """True for an ``(x, y)`` or ``(x, y, w)`` tuple: data (or a batch) that carries labels."""
     return isinstance(item, tuple) and len(item) in (2, 3)
 
 
