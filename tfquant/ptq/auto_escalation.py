@@ -92,6 +92,7 @@ def _rank_layers(search: _Search, groups: dict[str, list[str]], config: QuantCon
         settings = {"layers": members, "mode": mode}
         if mode == "disable":
             quantizers = _group_quantizers(ptq_best, members)
+            previous = [q.enabled for q in quantizers]
 
             def build(quantizers=quantizers):
                 for q in quantizers:
@@ -99,9 +100,9 @@ def _rank_layers(search: _Search, groups: dict[str, list[str]], config: QuantCon
                 return ptq_best
             try:
                 _, step = runner.run(step_name, "sensitivity", build, settings)
-            finally:
-                for q in quantizers:
-                    q.enabled = True
+            finally:  # back to each quantizer's own flag: one disabled before stays disabled
+                for q, enabled in zip(quantizers, previous):
+                    q.enabled = enabled
                 reset_compiled_functions(ptq_best)
         else:
             cfg = config.with_overrides(by_name={m: {"skip": True} for m in members})
