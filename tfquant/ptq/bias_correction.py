@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -115,6 +115,24 @@ def _channel_sums(y: tf.Tensor, axis: int) -> tuple[np.ndarray, int]:
     return moved.sum(axis=0), moved.shape[0]
 
 
+def _channel_means(probe: keras.Model, data, specs, batch_size, steps,
+                   output: Callable[[int, tf.Tensor], tuple[tf.Tensor, int]]) -> list[np.ndarray]:
+    """Per-channel means over ``data`` of ``output(i, x)`` for each output ``x`` of ``probe``.
+
+    ``output`` returns the tensor to average and its channel axis.
+    """
+    n = len(probe.outputs)
+    sums = [0.0] * n
+    counts = [0] * n
+    for arrays in iter_batches(data, specs, batch_size, steps):
+        inputs = probe(pack_inputs(probe, arrays), training=False)
+        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        for i, x in enumerate(inputs):
+            s, c = _channel_sums(*output(i, x))
+            sums[i], counts[i] = sums[i] + s, counts[i] + c
+    return [total / count for total, count in zip(sums, counts)]
+
+
 # --------------------------------------------------------------------------- empirical
 def _levels(qmodel: keras.Model, targets: list[QuantizeWrapper]) -> list[list[QuantizeWrapper]]:
     """Groups targets so that each group's weighted ancestors are all in earlier groups."""
@@ -138,36 +156,30 @@ def _float_means(reference: keras.Model, targets: list[QuantizeWrapper], data, s
                  batch_size, steps) -> dict[int, np.ndarray]:
     layers = [reference.get_layer(t.layer.name) for t in targets]
     probe = keras.Model(reference.inputs, [layer.input for layer in layers])
-    sums = [0.0] * len(targets)
-    counts = [0] * len(targets)
-    for arrays in iter_batches(data, specs, batch_size, steps):
-        inputs = probe(pack_inputs(probe, arrays), training=False)
-        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        for i, (t, layer, x) in enumerate(zip(targets, layers, inputs)):
-            weights = {attr: tf.convert_to_tensor(getattr(layer, attr))
-                       for attr, _ in t.rule.weights}
-            y = _pre_activation(t, layer, x, weights, quantized=False)
-            if getattr(layer, "use_bias", False):
-                y = t._add_bias(y, tf.convert_to_tensor(layer.bias))
-            s, n = _channel_sums(y, _channel_axis(layer))
-            sums[i], counts[i] = sums[i] + s, counts[i] + n
-    return {id(t): sums[i] / counts[i] for i, t in enumerate(targets)}
+
+    def output(i, x):
+        t, layer = targets[i], layers[i]
+        weights = {attr: tf.convert_to_tensor(getattr(layer, attr)) for attr, _ in t.rule.weights}
+        y = _pre_activation(t, layer, x, weights, quantized=False)
+        if getattr(layer, "use_bias", False):
+            y = t._add_bias(y, tf.convert_to_tensor(layer.bias))
+        return y, _channel_axis(layer)
+
+    means = _channel_means(probe, data, specs, batch_size, steps, output)
+    return {id(t): m for t, m in zip(targets, means)}
 
 
 def _quant_means(qmodel: keras.Model, group: list[QuantizeWrapper], data, specs, batch_size,
                  steps) -> dict[int, np.ndarray]:
     probe = keras.Model(qmodel.inputs, [t.input for t in group])
-    sums = [0.0] * len(group)
-    counts = [0] * len(group)
-    for arrays in iter_batches(data, specs, batch_size, steps):
-        inputs = probe(pack_inputs(probe, arrays), training=False)
-        inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        for i, (t, x) in enumerate(zip(group, inputs)):
-            y = _pre_activation(t, t.layer, x, t.folded_weights(), quantized=True)
-            y = t._add_bias(y, t.folded_bias())
-            s, n = _channel_sums(y, _channel_axis(t.layer))
-            sums[i], counts[i] = sums[i] + s, counts[i] + n
-    return {id(t): sums[i] / counts[i] for i, t in enumerate(group)}
+
+    def output(i, x):
+        t = group[i]
+        y = _pre_activation(t, t.layer, x, t.folded_weights(), quantized=True)
+        return t._add_bias(y, t.folded_bias()), _channel_axis(t.layer)
+
+    means = _channel_means(probe, data, specs, batch_size, steps, output)
+    return {id(t): m for t, m in zip(group, means)}
 
 
 def empirical_bias_correction(qmodel: keras.Model, data: Any, steps: int | None = None,
