@@ -1,15 +1,15 @@
-"""tfquant.analysis.sqnr: the dB formula, per-layer SQNR against numpy, flag handling, data."""
+"""tfquant.analysis.sqnr: the dB formula, per-layer SQNR against numpy, the re-exported names."""
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tfquant.analysis import enabled_only, layer_groups, layer_sqnr, load_batches, sqnr
+from tfquant.analysis import batches, groups, layer_groups, layer_sqnr, sqnr
 from tfquant.analysis.sqnr import all_model_quantizers
 
 
@@ -69,30 +69,9 @@ def test_layer_sqnr_matches_numpy_on_the_same_tensors(weight_fragile, weight_qmo
         assert table[n].sqnr_isolated_db == pytest.approx(isolated[n], abs=1e-3), n
 
 
-def test_enabled_only_restores_flags_and_cached_functions(weight_qmodel, x_data):
-    quantizers = all_model_quantizers(weight_qmodel)
-    weight_qmodel.predict(x_data[:4], verbose=0)
-    assert weight_qmodel.predict_function is not None
-    with pytest.raises(RuntimeError):
-        with enabled_only(weight_qmodel, quantizers[:1]):
-            assert [q.enabled for q in quantizers] == [True] + [False] * (len(quantizers) - 1)
-            assert weight_qmodel.predict_function is None
-            raise RuntimeError("boom")
-    assert all(q.enabled for q in quantizers)
-    assert weight_qmodel.predict_function is None  # re-traced with the restored flags
-
-
-def test_load_batches_accepts_arrays_tuples_and_datasets(weight_qmodel, x_data):
-    y = np.arange(len(x_data))
-    batches = load_batches(weight_qmodel, (x_data[:40], y[:40]), batch_size=16)
-    assert [b.size for b in batches] == [16, 16, 8]
-    np.testing.assert_array_equal(batches[2].y, y[32:40])
-    ds = tf.data.Dataset.from_tensor_slices((x_data[:40], y[:40]))  # unbatched elements
-    from_ds = load_batches(weight_qmodel, ds, batch_size=16, steps=2)
-    assert [b.size for b in from_ds] == [16, 16]
-    np.testing.assert_array_equal(from_ds[1].y, y[16:32])
-    assert load_batches(weight_qmodel, x_data[:10], batch_size=4)[0].y is None
-    gen = ((x_data[i:i + 5], y[i:i + 5]) for i in range(0, 20, 5))
-    assert [b.size for b in load_batches(weight_qmodel, gen)] == [5, 5, 5, 5]
-    with pytest.raises(ValueError, match="shape"):
-        load_batches(weight_qmodel, np.zeros((4, 3), np.float32))
+def test_moved_names_stay_importable_from_sqnr():
+    module = importlib.import_module("tfquant.analysis.sqnr")  # tfquant.analysis.sqnr: the function
+    for name in ("LayerGroup", "layer_groups", "all_model_quantizers", "enabled_only", "_walk"):
+        assert getattr(module, name) is getattr(groups, name), name
+    for name in ("Batch", "load_batches", "predict", "_is_xy", "_slice", "_signature"):
+        assert getattr(module, name) is getattr(batches, name), name
