@@ -359,6 +359,32 @@ def test_exact_float_chunks_split_at_2_pow_24():
     assert K.exact_float_chunks(np.full((2, 1), 70000), 255) is None   # one channel > 2^24
 
 
+def _greedy_chunks(sums, x_bound, limit):
+    """The split as a row-by-row loop: close the group before a row that would overflow it."""
+    sums = np.asarray(sums, np.int64) * x_bound
+    chunks, start, running = [], 0, np.zeros(sums.shape[1], np.int64)
+    for i, row in enumerate(sums):
+        if np.any(row > limit):
+            return None
+        if np.any(running + row > limit):
+            chunks.append((start, i))
+            start, running = i, np.zeros_like(running)
+        running += row
+    return chunks + [(start, len(sums))]
+
+
+def test_exact_float_chunks_is_the_greedy_split():
+    rng = np.random.default_rng(7)
+    for _ in range(500):
+        high = int(rng.choice([10, 128, 2000, 70000]))
+        sums = rng.integers(0, high, (int(rng.integers(0, 40)), int(rng.integers(1, 5))))
+        x_bound, limit = int(rng.integers(1, 256)), int(rng.choice([1000, 50000, 1 << 24]))
+        chunks = K.exact_float_chunks(sums, x_bound, limit)
+        assert chunks == _greedy_chunks(sums, x_bound, limit)
+        for start, end in chunks or ():
+            assert (sums[start:end].sum(axis=0) * x_bound).max(initial=0) <= limit
+
+
 def _conv_reference(x, w, zp_in, bias):
     """int64 NHWC/OHWI VALID convolution, stride 1 (independent of TF)."""
     n, h, wd, _ = x.shape

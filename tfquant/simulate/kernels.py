@@ -126,17 +126,21 @@ def exact_float_chunks(abs_weight_sums: np.ndarray, x_bound: int,
         limit (the caller then uses float64).
     """
     sums = np.asarray(abs_weight_sums, np.int64) * int(x_bound)
+    if np.any(sums > limit):
+        return None
+    # Greedy, as a loop over rows would do it, with one cumulative sum: a group ends before the
+    # first row whose running sum (from the group's start) exceeds the limit on some channel.
+    cumulative = np.cumsum(sums, axis=0)
     chunks, start = [], 0
-    running = np.zeros(sums.shape[1], np.int64)
-    for i in range(sums.shape[0]):
-        if np.any(sums[i] > limit):
-            return None
-        if np.any(running + sums[i] > limit):
-            chunks.append((start, i))
-            start, running = i, np.zeros_like(running)
-        running = running + sums[i]
-    chunks.append((start, sums.shape[0]))
-    return chunks
+    while True:
+        before = cumulative[start - 1] if start else 0
+        over = np.any(cumulative[start:] - before > limit, axis=-1)
+        if not over.any():
+            chunks.append((start, sums.shape[0]))
+            return chunks
+        end = start + int(np.argmax(over))
+        chunks.append((start, end))
+        start = end
 
 
 def exact_matmul(x_f: tf.Tensor, w: np.ndarray, x_range: int) -> tf.Tensor:
