@@ -201,6 +201,21 @@ def test_every_tensor_bit_exact_with_reference_kernels(runs, name, record_proper
     record_property("ops", sorted({op.type for op in sim.graph.ops}))
 
 
+@pytest.mark.parametrize("name", ["conv", "elementwise", "elementwise_float_io", "misc",
+                                  "wide_dense"])
+def test_eager_execution_is_bit_exact_with_reference_kernels(runs, name):
+    """``jit_compile=False`` (TF's own kernels, op by op) gives every tensor of the reference."""
+    x, _, want = runs.result(name)
+    eager = IntegerModel.from_tflite(runs.models[name], jit_compile=False)
+    assert not eager.jit_compile
+    got = eager.run(x, return_all=True)
+    outputs = [index for op in eager.graph.ops for index in op.outputs]
+    for index in outputs:
+        np.testing.assert_array_equal(got[index], want[index].reshape(got[index].shape),
+                                      err_msg=f"{name}: tensor {index}")
+    assert outputs
+
+
 def test_models_cover_every_required_op(runs):
     ops = set()
     for name in runs.models:

@@ -103,15 +103,18 @@ def reference(model: bytes, xs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def assert_bit_exact(model: bytes, xs: list[np.ndarray]):
+    """The simulator equals the reference kernels, XLA-compiled and run eagerly."""
     want = reference(model, xs)
-    got = IntegerModel.from_tflite(model)(*xs)
-    got = got if isinstance(got, list) else [got]
-    assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g.dtype == w.dtype and g.shape == w.shape
-        mismatch = np.flatnonzero(g != w)
-        assert mismatch.size == 0, (f"output {i}: {mismatch.size} of {g.size} values differ, "
-                                    f"max {np.abs(g.astype(float) - w).max()} LSB")
+    for jit_compile in (True, False):
+        got = IntegerModel.from_tflite(model, jit_compile=jit_compile)(*xs)
+        got = got if isinstance(got, list) else [got]
+        assert len(got) == len(want)
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            mismatch = np.flatnonzero(g != w)
+            assert mismatch.size == 0, (f"jit_compile={jit_compile}, output {i}: "
+                                        f"{mismatch.size} of {g.size} values differ, "
+                                        f"max {np.abs(g.astype(float) - w).max()} LSB")
 
 
 def random_q(rng, low=-7.0, high=2.0):

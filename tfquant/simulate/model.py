@@ -1,8 +1,10 @@
-"""``IntegerModel``: runs the simulator IR as one XLA-compiled TensorFlow function.
+"""``IntegerModel``: runs the simulator IR as one XLA-compiled TensorFlow function (or eagerly).
 
 Example:
     >>> sim = IntegerModel.from_tflite("model.tflite")               # doctest: +SKIP
     >>> y = sim(x_int8)                                              # doctest: +SKIP
+    >>> eager = IntegerModel.from_tflite("model.tflite", jit_compile=False)  # doctest: +SKIP
+    >>> y4 = eager(x_int8[:4])                       # no XLA compile   # doctest: +SKIP
     >>> every = sim.run(x_int8, return_all=True, key="name")         # doctest: +SKIP
 """
 
@@ -42,23 +44,35 @@ class IntegerModel:
     like a function. The whole graph runs inside ``tf.function(jit_compile=True)``; a batch of any
     size can be given (the model's batch dimension is resized).
 
+    With ``jit_compile=False`` the same kernels run eagerly, TF op by TF op, on TensorFlow's own
+    CPU kernels: the same integer arithmetic (every float computation of the kernels is exact by
+    construction, so the executor cannot change a result), without tracing or XLA compilation,
+    which take a minute for a graph of a few hundred layers. It suits one small batch (a check
+    of a large model); XLA is much faster from the second call on and for large batches.
+
     Args:
         graph: the integer IR (see :mod:`tfquant.simulate.graph`).
         chunk_size: samples per compiled call; larger batches are cut into chunks of this size
             (padded, so one compiled shape serves every chunk). Default: from the activation
             sizes, see :data:`CHUNK_ELEMENTS`.
+        jit_compile: True: one XLA-compiled function (compiled on the first call); False: eager
+            execution, nothing compiled.
 
     Example:
         >>> sim = IntegerModel.from_tflite(tflite_bytes)        # doctest: +SKIP
         >>> logits = sim(np.zeros((256, 28, 28, 1), np.int8))   # doctest: +SKIP
     """
 
-    def __init__(self, graph: Graph, chunk_size: int | None = None):
+    def __init__(self, graph: Graph, chunk_size: int | None = None, jit_compile: bool = True):
         graph.validate()
         self.graph = graph
         self.chunk_size = chunk_size or self._default_chunk_size()
-        self._fn = tf.function(self._forward_outputs, jit_compile=True, autograph=False)
-        self._fn_all = tf.function(self._forward_all, jit_compile=True, autograph=False)
+        self.jit_compile = bool(jit_compile)
+        if self.jit_compile:
+            self._fn = tf.function(self._forward_outputs, jit_compile=True, autograph=False)
+            self._fn_all = tf.function(self._forward_all, jit_compile=True, autograph=False)
+        else:
+            self._fn, self._fn_all = self._forward_outputs, self._forward_all
 
     def _default_chunk_size(self) -> int:
         """Largest power of two (<= 256) keeping one call's biggest activation near 2^20 values.
@@ -77,7 +91,8 @@ class IntegerModel:
     @classmethod
     def from_tflite(cls, model: str | os.PathLike | bytes,
                     fc_requantize: str = FC_REQUANTIZE_AUTO,
-                    chunk_size: int | None = None) -> "IntegerModel":
+                    chunk_size: int | None = None,
+                    jit_compile: bool = True) -> "IntegerModel":
         """Parses a ``.tflite`` flatbuffer (path or bytes).
 
         Args:
@@ -85,6 +100,8 @@ class IntegerModel:
             fc_requantize: ``"auto"`` (what the installed LiteRT reference kernel does),
                 ``"double"`` or ``"fixed_point"``.
             chunk_size: samples per compiled call (default: chosen from the activation sizes).
+            jit_compile: False runs the kernels eagerly instead of compiling them with XLA
+                (cheaper for one small batch of a large model; the same results).
 
         Raises:
             ValueError: the bytes are not a valid TFLite flatbuffer.
@@ -95,12 +112,14 @@ class IntegerModel:
         """
         if fc_requantize == FC_REQUANTIZE_AUTO:
             fc_requantize = installed_fc_requantize()
-        return cls(read_tflite(model, fc_requantize=fc_requantize), chunk_size=chunk_size)
+        return cls(read_tflite(model, fc_requantize=fc_requantize), chunk_size=chunk_size,
+                   jit_compile=jit_compile)
 
     @classmethod
     def from_keras(cls, qmodel: Any, input_type: str = "float32", output_type: str | None = None,
                    fc_requantize: str = FC_REQUANTIZE_AUTO,
-                   chunk_size: int | None = None) -> "IntegerModel":
+                   chunk_size: int | None = None,
+                   jit_compile: bool = True) -> "IntegerModel":
         """Builds the simulator straight from a quantized tfquant Keras model (no TFLite).
 
         Integer weights, biases, multipliers, zero points and clamps come from the model's
@@ -114,6 +133,7 @@ class IntegerModel:
             output_type: ``"float32"`` (dequantized) or ``"int8"``; default: ``input_type``.
             fc_requantize: as for :meth:`from_tflite`.
             chunk_size: samples per compiled call.
+            jit_compile: as for :meth:`from_tflite`.
 
         Raises:
             tfquant.simulate.from_keras.UnsupportedLayerError: listing every layer that cannot
@@ -128,7 +148,7 @@ class IntegerModel:
         if fc_requantize == FC_REQUANTIZE_AUTO:
             fc_requantize = installed_fc_requantize()
         return cls(keras_to_graph(qmodel, input_type, output_type, fc_requantize),
-                   chunk_size=chunk_size)
+                   chunk_size=chunk_size, jit_compile=jit_compile)
 
     # -- introspection -------------------------------------------------------------------------
     @property
