@@ -25,7 +25,8 @@ from keras.src.ops.operation import Operation
 
 from tfquant.layers.affine import batchnorm_carrier, split_affine
 from tfquant.layers.annotation import QuantizeAnnotate
-from tfquant.layers.registry import FUSABLE_ACTIVATIONS, activation_name, rule_for
+from tfquant.layers.registry import (FUSABLE_ACTIVATIONS, activation_name,
+                                     normalizes_last_axis, rule_for)
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer, make_quantizer
 from tfquant.report import LayerEntry, QuantizationReport
@@ -344,9 +345,8 @@ def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
             and plan[id(bn)].reason != "skipped by config"):
         return op
     rank = len(op.output.shape)
-    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
     channels_last = getattr(op, "data_format", "channels_last") == "channels_last"
-    if axis is None or axis % rank != rank - 1 or not channels_last:
+    if not normalizes_last_axis(bn, rank) or not channels_last:
         return op
     decision.batchnorm = bn
     plan[id(bn)] = _Decision("fold", folded_into=op.name,

@@ -17,6 +17,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfquant.layers.registry import normalizes_last_axis
+
 
 def affine_coefficients(layer: keras.layers.Layer) -> tuple[np.ndarray, np.ndarray] | None:
     """``(a, b)`` with ``layer(x) == x * a + b`` (float32, broadcast over the input), or None.
@@ -93,9 +95,8 @@ def batchnorm_carrier(bn: keras.layers.Layer) -> keras.layers.Layer | None:
     """
     if not isinstance(bn, keras.layers.BatchNormalization) or not bn.built:
         return None
-    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
     rank = len(bn.input.shape) if bn._inbound_nodes else None
-    if axis is None or rank != 4 or axis % rank != 3:
+    if rank != 4 or not normalizes_last_axis(bn, rank):
         return None
     return keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones",
                                         trainable=False, name=f"{bn.name}_depthwise")

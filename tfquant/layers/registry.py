@@ -107,6 +107,18 @@ FIXED_OUTPUT_RANGES = {"sigmoid": (0.0, 255.0 / 256.0), "softmax": (0.0, 255.0 /
                        "tanh": (-1.0, 127.0 / 128.0)}
 
 
+def normalizes_last_axis(bn: keras.layers.Layer, rank: int | None) -> bool:
+    """Whether BatchNormalization ``bn`` normalises the last (channel) axis of a tensor of
+    rank ``rank``: the only BN a weighted layer can fold (per output channel) or carry.
+
+    Example:
+        >>> normalizes_last_axis(keras.layers.BatchNormalization(), 4)
+        True
+    """
+    axis = bn.axis if isinstance(bn.axis, int) else (bn.axis[0] if len(bn.axis) == 1 else None)
+    return axis is not None and rank is not None and axis % rank == rank - 1
+
+
 def activation_name(fn_or_layer) -> str:
     """A canonical name for an activation function or activation layer ("relu", "relu6",
     "sigmoid", "softmax", "tanh", "linear", ... or "other")."""

@@ -27,7 +27,7 @@ from keras import ops
 
 from tfquant.fake_quant import _broadcast_param
 from tfquant.layers.registry import (FIXED_OUTPUT_RANGES, FUSABLE_ACTIVATIONS, activation_name,
-                                     rule_for)
+                                     normalizes_last_axis, rule_for)
 from tfquant.quantizers import Quantizer, make_quantizer
 from tfquant.quantizers.minmax import MinMaxQuantizer
 from tfquant.specs import LayerSpec, TensorSpec
@@ -45,12 +45,10 @@ def output_spec(spec: TensorSpec, activation: str) -> TensorSpec:
 def _fusable_batchnorm(bn: keras.layers.Layer, x: tf.Tensor) -> bool:
     """Whether :func:`_fused_batchnorm_training` computes exactly what ``bn(x, training=True)``
     does: a trainable, plain (no renorm, not synchronized) float32 BN over the last axis."""
-    axis = bn.axis if isinstance(bn.axis, int) else (
-        bn.axis[0] if len(bn.axis) == 1 else None)
     rank = x.shape.rank
     return (bn.trainable and not getattr(bn, "renorm", False)
-            and not getattr(bn, "synchronized", False) and axis is not None and rank is not None
-            and rank >= 2 and axis % rank == rank - 1 and x.shape[-1] is not None
+            and not getattr(bn, "synchronized", False) and rank is not None and rank >= 2
+            and normalizes_last_axis(bn, rank) and x.shape[-1] is not None
             and x.dtype == tf.float32 and bn.compute_dtype == "float32"
             and bn.epsilon > 1.001e-5)  # the fused op raises smaller epsilons to 1.001e-5
 
@@ -163,9 +161,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def _check_batchnorm_axis(self, out_shape) -> None:
         """Raises unless the folded BN normalises the last axis of the layer's output."""
         bn, rank = self.batchnorm, len(out_shape)
-        axis = bn.axis if isinstance(bn.axis, int) else (
-            bn.axis[0] if len(bn.axis) == 1 else None)
-        if axis is None or axis % rank != rank - 1:
+        if not normalizes_last_axis(bn, rank):
             raise ValueError(f"layer {self.layer.name!r}: BatchNormalization {bn.name!r} "
                              f"(axis={bn.axis}) cannot be folded into it; a folded BN must "
                              f"normalise the output's last axis (channels), of rank {rank}.")
