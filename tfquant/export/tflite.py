@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfquant.export.paths import check_output_path, write_atomic
+from tfquant.export.tflite_compact import compact_tflite
 from tfquant.fake_quant import int8_container
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer
@@ -192,7 +193,7 @@ def _widen_int16x8_biases(data: bytes) -> bytes:
 
 def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
            input_type: str = "float32", output_type: str | None = None, mode: str = "int8",
-           strict: bool = True) -> bytes:
+           strict: bool = True, compact: bool = True) -> bytes:
     """Converts a quantized (QAT or calibrated) model to a TFLite flatbuffer.
 
     Args:
@@ -208,6 +209,10 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
             int16x8 takes every activation range from the model's 16-bit FakeQuant ops (no
             calibration data); biases are stored as int64.
         strict: in the integer modes, raise if any op is still float (False: warn).
+        compact: store each distinct quantization vector (per-channel scales, zero points)
+            once, shared by every tensor that uses it
+            (:func:`~tfquant.export.tflite_compact.compact_tflite`); lossless, the interpreter
+            runs the same model. False: the converter's bytes as they are.
 
     Returns:
         The flatbuffer bytes.
@@ -220,6 +225,7 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     Example:
         >>> data = tfquant.export.tflite(qat, "model.tflite", input_type="int8")
         >>> data16 = tfquant.export.tflite(qat16, mode="int16x8")  # a "tflite_int16x8" model
+        >>> raw = tfquant.export.tflite(qat, compact=False)  # unshared quantization vectors
     """
     if mode not in MODES:
         raise ValueError(f"mode={mode!r} is not one of {MODES}")
@@ -232,7 +238,7 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     if mode == "dynamic_range":
         from tfquant.export.tflite_dynamic import dynamic_range_tflite
 
-        return dynamic_range_tflite(qmodel, path)
+        return dynamic_range_tflite(qmodel, path, compact=compact)
     check_exportable(qmodel, mode)
 
     converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
@@ -247,6 +253,8 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     data = _convert(converter)
     if mode == "int16x8":
         data = _widen_int16x8_biases(data)
+    if compact:
+        data = compact_tflite(data)
     remaining = float_ops(data)
     if remaining:
         report = getattr(qmodel, "quantization_report", None)

@@ -17,10 +17,12 @@ import tensorflow as tf
 
 from tfquant.export.paths import write_atomic
 from tfquant.export.tflite import _BIAS_INPUT, _all_layers, _convert
+from tfquant.export.tflite_compact import compact_tflite
 from tfquant.layers.wrapper import QuantizeWrapper
 
 
-def dynamic_range_tflite(qmodel: keras.Model, path: str | os.PathLike | None = None) -> bytes:
+def dynamic_range_tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
+                         compact: bool = True) -> bytes:
     """Converts a weight-quantized model to a dynamic-range (hybrid) TFLite flatbuffer.
 
     The converter's dynamic-range pass runs on the folded model whose weights hold their
@@ -32,6 +34,8 @@ def dynamic_range_tflite(qmodel: keras.Model, path: str | os.PathLike | None = N
     Args:
         qmodel: a quantized model (typically from :func:`tfquant.ptq.dynamic_range`).
         path: where to write the ``.tflite`` file (None: don't write); checked by the caller.
+        compact: share identical quantization vectors
+            (:func:`~tfquant.export.tflite_compact.compact_tflite`).
 
     Returns:
         The flatbuffer bytes.
@@ -50,6 +54,8 @@ def dynamic_range_tflite(qmodel: keras.Model, path: str | os.PathLike | None = N
         folded_float_model(qmodel, quantized_weights=True))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     data = _set_weight_integers(_convert(converter), grids)
+    if compact:
+        data = compact_tflite(data)
     if path is not None:
         write_atomic(path, data)
     return data
