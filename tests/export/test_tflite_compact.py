@@ -149,6 +149,17 @@ def test_compaction_is_idempotent(original):
     assert len(compact_tflite(once)) == len(once)
 
 
+def test_a_model_with_nothing_to_share_is_returned_unchanged():
+    """A float model has no quantization vectors; re-packing it would only add alignment
+    padding, so the input comes back as it is."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(5)(inp)))
+    with contextlib.redirect_stdout(io.StringIO()):
+        data = bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    assert compact_tflite(data) == data
+
+
 def test_buffer_data_is_16_byte_aligned(original):
     model = schema.Model.GetRootAs(compact_tflite(original), 0)
     starts = []

@@ -249,3 +249,32 @@ def test_dynamic_range_warns_about_weights_without_quantizer():
                                                "by_name": {"fc2": {"skip": True}}})
     with pytest.warns(UserWarning, match="own scales"):
         tfquant.export.tflite(qmodel, mode="dynamic_range")
+
+
+def test_dynamic_range_matches_weights_one_step_apart_on_their_channel(recwarn):
+    """The converter re-rounds the fake-quantized weights to its own per-channel grid; a value
+    can land one step of its own (small) channel away, more than half the model's largest step
+    (seed 2 of this network: pw, one weight 86 vs 85). The weights must still be matched."""
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(48, 3, padding="same", use_bias=False, name="conv1")(inp)
+    x = L.BatchNormalization(name="bn1")(x)
+    x = L.ReLU(name="relu1")(x)
+    x = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = L.ReLU(6.0, name="relu2")(x)
+    x = L.Conv2D(48, 1, name="pw")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, L.Dense(5, name="fc")(x))
+    qmodel = tfquant.ptq.dynamic_range(model)
+    flat = tfquant.export.tflite(qmodel, mode="dynamic_range")
+    assert not [w for w in recwarn if "own scales" in str(w.message)]
+
+    q = qmodel.get_layer("quant_pw").weight_quantizers["kernel"]
+    scale = np.asarray(q.quant_params().scale, F32)
+    kernel = np.transpose(model.get_layer("pw").kernel.numpy(), (3, 0, 1, 2))  # OHWI
+    expected = np.clip(np.round(kernel / scale.reshape(-1, 1, 1, 1)), -127, 127)
+    interpreter = Interpreter(model_content=flat)
+    found = [interpreter.get_tensor(t["index"]) for t in interpreter.get_tensor_details()
+             if t["dtype"] == np.int8 and tuple(t["shape"]) == kernel.shape]
+    assert len(found) == 1
+    np.testing.assert_array_equal(found[0], expected)

@@ -55,16 +55,16 @@ def compact_tflite(model: bytes | bytearray | memoryview) -> bytes:
     by every tensor that holds it. Operator codes, subgraphs, tensors (with shape signatures,
     sparsity and variant tensors), buffers, metadata, signature definitions, description and
     version are kept as they are; buffer data is 16-byte aligned (up to 15 bytes of padding
-    per buffer, so a model with nothing to share can grow slightly). Models in the >2 GB
-    layout (buffer data appended after the flatbuffer, addressed by offset) are returned
-    unchanged.
+    per buffer). A model that would not get smaller (nothing to share outweighs the padding),
+    and models in the >2 GB layout (buffer data appended after the flatbuffer, addressed by
+    offset), are returned unchanged.
 
     Args:
         model: the bytes of a ``.tflite`` model.
 
     Returns:
-        The compacted flatbuffer bytes (file identifier ``TFL3``); the interpreter runs them
-        exactly as the input.
+        The compacted flatbuffer bytes (file identifier ``TFL3``; never longer than the input);
+        the interpreter runs them exactly as the input.
 
     Raises:
         TypeError: ``model`` is not bytes-like.
@@ -93,7 +93,8 @@ def compact_tflite(model: bytes | bytearray | memoryview) -> bytes:
                           for buffer in parsed.buffers]
     builder = flatbuffers.Builder(len(data) + 1024)
     builder.Finish(parsed.Pack(builder), FILE_IDENTIFIER)
-    return bytes(builder.Output())
+    compacted = bytes(builder.Output())
+    return compacted if len(compacted) < len(data) else data  # alignment can outweigh sharing
 
 
 def _parse(data: bytes) -> Any:

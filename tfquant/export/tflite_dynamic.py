@@ -119,11 +119,25 @@ def _dequantized(values: np.ndarray, scale: np.ndarray, axis: int | None) -> np.
     return values.astype(np.float32) * scale.reshape(shape)
 
 
+def _grid_matches(current: np.ndarray, scale: np.ndarray, axis: int | None,
+                  grid: _WeightGrid) -> bool:
+    """Whether the converter's dequantized weight ``current`` (its ``scale`` along ``axis``)
+    came from ``grid``: every value within half a converter step plus half a grid step of the
+    grid's value, channel by channel (rounding to either grid moves a value by at most half of
+    that grid's step on its channel).
+    """
+    tolerance = 0.51 * (_dequantized(np.ones_like(current, np.int8), scale, axis)
+                        + _dequantized(np.ones_like(current, np.int8), grid.scale, grid.axis))
+    return bool(np.all(np.abs(current - _dequantized(grid.integers, grid.scale, grid.axis))
+                       <= tolerance))
+
+
 def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
     """Replaces the converter's int8 weights of hybrid ops by the quantizers' integers.
 
-    Each int8 weight is matched to the quantized kernel it came from by shape and value (the
-    converter's dequantized weights lie within half a step of the fake-quantized ones).
+    Each int8 weight is matched to the quantized kernel it came from by shape and value: the
+    converter rounds the fake-quantized values to its own grid, so on every channel the two
+    dequantized weights lie within half a step of each grid (see :func:`_grid_matches`).
     """
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
@@ -148,8 +162,7 @@ def _set_weight_integers(data: bytes, grids: list[_WeightGrid]) -> bytes:
             axis = int(q.quantizedDimension) if scale.size > 1 else None
             current = _dequantized(ints, scale, axis)
             grid = next((g for g in grids if not g.used and g.integers.shape == shape
-                         and np.allclose(current, _dequantized(g.integers, g.scale, g.axis),
-                                         rtol=0, atol=0.51 * float(scale.max()))), None)
+                         and _grid_matches(current, scale, axis, g)), None)
             if grid is None:
                 foreign.append(bytes(tensor.name or b"").decode(errors="replace"))
                 continue
