@@ -249,11 +249,13 @@ def test_xnnpack_is_reported_not_asserted(runs, record_property, capsys):
         print("\n" + "\n".join(lines))
 
 
-def test_call_chunked_batches_and_names(runs):
+@pytest.mark.parametrize("concurrent_calls", [1, 3])
+def test_call_chunked_batches_and_names(runs, concurrent_calls):
     x, got, want = runs.result("wide_dense")
-    small = IntegerModel.from_tflite(runs.models["wide_dense"], chunk_size=7)   # 32 = 4*7 + 4
+    small = IntegerModel.from_tflite(runs.models["wide_dense"], chunk_size=7,   # 32 = 4*7 + 4
+                                     concurrent_calls=concurrent_calls)
     out_index = small.graph.outputs[0]
-    np.testing.assert_array_equal(small(x), want[out_index])
+    np.testing.assert_array_equal(small(x), want[out_index])   # chunks back in order
     by_name = small.run(x, return_all=True, key="name")
     names = small.tensor_names
     for index, name in names.items():
@@ -286,3 +288,8 @@ def test_from_path(models, tmp_path):
     path.write_bytes(models["misc"])
     assert [op.type for op in IntegerModel.from_tflite(path).graph.ops] == \
         [op.type for op in IntegerModel.from_tflite(models["misc"]).graph.ops]
+
+
+def test_concurrent_calls_must_be_positive(runs):
+    with pytest.raises(ValueError, match="concurrent_calls must be >= 1, got 0"):
+        IntegerModel.from_tflite(runs.models["wide_dense"], concurrent_calls=0)
