@@ -15,5 +15,6 @@ from tfquant.export.formats import keras_file, keras_h5, saved_model
 from tfquant.export.tflite import check_exportable, float_ops, tflite
 from tfquant.export.tflite_compact import compact_tflite
 
-__all__ = ["tflite", "compact_tflite", "float_ops", "check_exportable", "folded_float_model", "keras_h5",
-           "keras_file", "saved_model", "encodings", "load_encodings", "encoding_targets"]
+__all__ = ["tflite", "compact_tflite", "float_ops", "check_exportable", "folded_float_model",
+           "keras_h5", "keras_file", "saved_model", "encodings", "load_encodings",
+           "encoding_targets"]

@@ -111,12 +111,17 @@ def _weight_grids(qmodel: keras.Model) -> list[_WeightGrid]:
     return grids
 
 
-def _dequantized(values: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
+def _broadcast_scale(scale: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """``scale`` shaped to broadcast against an ``ndim``-dimensional weight along ``axis``."""
     if axis is None or scale.size == 1:
-        return values.astype(np.float32) * scale.reshape(())
-    shape = [1] * values.ndim
+        return scale.reshape(())
+    shape = [1] * ndim
     shape[axis] = -1
-    return values.astype(np.float32) * scale.reshape(shape)
+    return scale.reshape(shape)
+
+
+def _dequantized(values: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
+    return values.astype(np.float32) * _broadcast_scale(scale, axis, values.ndim)
 
 
 def _grid_matches(current: np.ndarray, scale: np.ndarray, axis: int | None,
@@ -126,8 +131,8 @@ def _grid_matches(current: np.ndarray, scale: np.ndarray, axis: int | None,
     grid's value, channel by channel (rounding to either grid moves a value by at most half of
     that grid's step on its channel).
     """
-    tolerance = 0.51 * (_dequantized(np.ones_like(current, np.int8), scale, axis)
-                        + _dequantized(np.ones_like(current, np.int8), grid.scale, grid.axis))
+    tolerance = 0.51 * (_broadcast_scale(scale, axis, current.ndim)
+                        + _broadcast_scale(grid.scale, grid.axis, current.ndim))
     return bool(np.all(np.abs(current - _dequantized(grid.integers, grid.scale, grid.axis))
                        <= tolerance))
 

@@ -296,6 +296,7 @@ class IntegerModel:
         """
         if key not in ("index", "name"):
             raise ValueError(f"key must be 'index' or 'name', got {key!r}")
+
         def one_chunk(parts, valid) -> dict[int, np.ndarray]:
             if return_all:
                 values = {int(k): v for k, v in self._fn_all(*parts).items()}
