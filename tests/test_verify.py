@@ -209,3 +209,39 @@ def test_verdict_is_layer_local_when_a_table_exists():
     # without a per-layer table the end-to-end 99.9 % criterion applies
     assert not _hand_report([], within_1lsb=0.998).within_tolerance
     assert _hand_report([], within_1lsb=0.9995).within_tolerance
+
+
+def test_multi_input_output_model_is_matched_by_signature_not_interpreter_order():
+    """The interpreter lists this model's inputs and outputs in another order than Keras;
+    verify pairs them through the serving signature (an independent named run checks it)."""
+    from tfquant.verify.execute import keras_order
+
+    rng = np.random.default_rng(3)
+    a, b = keras.Input((10,), name="a"), keras.Input((6,), name="b")
+    h = L.Concatenate()([L.Dense(8, activation="relu")(a), L.Dense(8, activation="relu")(b)])
+    model = keras.Model([a, b], [L.Dense(3, name="zz")(h),
+                                 L.Dense(1, activation="sigmoid", name="aa")(h)])
+    xs = [rng.uniform(-1, 1, (64, 10)).astype(np.float32),
+          rng.uniform(-1, 1, (64, 6)).astype(np.float32)]
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, {"a": xs[0], "b": xs[1]}, verbose=0)
+    data = tfquant.export.tflite(qmodel)
+
+    interpreter = Interpreter(model_content=data,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    in_shapes = [tuple(d["shape"][1:]) for d in interpreter.get_input_details()]
+    out_shapes = [tuple(d["shape"][1:]) for d in interpreter.get_output_details()]
+    assert (in_shapes, out_shapes) != ([(10,), (6,)], [(3,), (1,)])   # the order differs
+    inputs, outputs = keras_order(data, ["a", "b"], 2)
+    assert [in_shapes[j] for j in np.argsort(inputs)] == [(10,), (6,)]
+    assert [out_shapes[j] for j in np.argsort(outputs)] == [(3,), (1,)]
+
+    report = tfquant.verify(qmodel, data, xs)
+    assert report.bit_exact_fraction == 1.0
+    assert report.max_abs_diff_lsb <= 1
+    # independent: the named signature run against the Keras outputs
+    run = interpreter.get_signature_runner()
+    named = run(a=xs[0][:1], b=xs[1][:1])
+    keras_out = qmodel.predict([x[:1] for x in xs], verbose=0)
+    np.testing.assert_allclose(named["output_0"], keras_out[0], atol=0.05)
+    np.testing.assert_allclose(named["output_1"], keras_out[1], atol=0.05)

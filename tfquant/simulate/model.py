@@ -169,7 +169,10 @@ class IntegerModel:
     # -- introspection -------------------------------------------------------------------------
     @property
     def inputs(self) -> list[TensorInfo]:
-        """The graph's input tensors (dtype, shape, scale, zero point)."""
+        """The graph's input tensors (dtype, shape, scale, zero point), in the order calls take
+        them: the flatbuffer's order for :meth:`from_tflite` (which, like the TFLite interpreter's
+        ``get_input_details()``, can differ from the Keras model's), the Keras order for
+        :meth:`from_keras`."""
         return [self.graph.tensors[i] for i in self.graph.inputs]
 
     @property

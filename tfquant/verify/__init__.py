@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from tfquant.verify.execute import (collect_inputs, io_details, run_interpreter,
-                                    tflite_inputs)
+from tfquant.verify.execute import (collect_inputs, io_details, keras_order,
+                                    run_interpreter, tflite_inputs)
 from tfquant.verify.local import local_outputs
 from tfquant.verify.matching import layer_for_tensor, match_tensors
 from tfquant.verify.report import (MIN_LOCAL_EXACT, MIN_WITHIN_1LSB, LayerComparison,
@@ -203,7 +203,10 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
     flatbuffer = load_tflite_bytes(tflite)
     input_names = [getattr(t, "name", f"input_{i}") for i, t in enumerate(qmodel.inputs)]
     xs = collect_inputs(data, len(qmodel.inputs), input_names, max_samples)
-    fed = tflite_inputs(flatbuffer, xs)
+    # the interpreter's input/output order can differ from the Keras model's
+    input_order, output_order = keras_order(flatbuffer, input_names, len(qmodel.outputs))
+    fed = tflite_inputs(flatbuffer, [xs[i] for i in input_order]
+                        if len(input_order) == len(xs) else xs)
     in_details, out_details = io_details(flatbuffer)
 
     rows, tensors, dequantized = _describe(flatbuffer)
@@ -233,6 +236,7 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
     if len(keras_out) != len(ref_out):
         raise ValueError(f"the TFLite model has {len(ref_out)} outputs, the Keras model "
                          f"{len(keras_out)}: is the .tflite the export of this model?")
+    keras_out = [keras_out[k] for k in output_order]              # in the interpreter's order
 
     # model outputs
     steps = [_output_step(d, tensors, dequantized) for d in out_details]

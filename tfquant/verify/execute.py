@@ -2,6 +2,7 @@
 
 * :func:`collect_inputs` turns the user's data (arrays, a dict, a ``tf.data.Dataset``) into one
   float array per model input.
+* :func:`keras_order` lines the interpreter's inputs and outputs up with the Keras model's.
 * :func:`tflite_inputs` converts them to what the ``.tflite`` model takes (float, or int8
   quantized as TFLite's QUANTIZE op does: round half away from zero).
 * :func:`run_interpreter` runs LiteRT with the reference kernels (``BUILTIN_REF``, keeping every
@@ -103,6 +104,44 @@ def io_details(flatbuffer: bytes) -> tuple[list[dict], list[dict]]:
     """The interpreter's input and output details (names, dtypes, shapes, quantization)."""
     interpreter = _interpreter(flatbuffer, reference=True)
     return interpreter.get_input_details(), interpreter.get_output_details()
+
+
+def keras_order(flatbuffer: bytes, input_names: Sequence[str],
+                num_outputs: int) -> tuple[list[int], list[int]]:
+    """How the interpreter's inputs and outputs line up with the Keras model's.
+
+    The interpreter lists a multi-input/-output model's tensors in no particular order; its
+    serving signature names the inputs after the Keras inputs and the outputs ``output_0``,
+    ``output_1``, ... in the Keras order. Without such a signature the orders are taken to
+    be the same.
+
+    Args:
+        flatbuffer: the ``.tflite`` bytes.
+        input_names: the Keras model's input names, in its order.
+        num_outputs: the number of Keras model outputs.
+
+    Returns:
+        ``(inputs, outputs)``: for every interpreter input (output), in the interpreter's
+        order, the position of the matching Keras input (output).
+    """
+    interpreter = _interpreter(flatbuffer, reference=True)
+    in_details = interpreter.get_input_details()
+    out_details = interpreter.get_output_details()
+    inputs, outputs = list(range(len(in_details))), list(range(len(out_details)))
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return inputs, outputs
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    by_index = {d["index"]: name for name, d in runner.get_input_details().items()}
+    names = [by_index.get(d["index"]) for d in in_details]
+    if sorted(n for n in names if n is not None) == sorted(input_names):
+        inputs = [list(input_names).index(n) for n in names]
+    by_index = {d["index"]: name for name, d in runner.get_output_details().items()}
+    names = [by_index.get(d["index"]) for d in out_details]
+    keras_names = [f"output_{k}" for k in range(num_outputs)]
+    if sorted(n for n in names if n is not None) == sorted(keras_names):
+        outputs = [keras_names.index(n) for n in names]
+    return inputs, outputs
 
 
 def tflite_inputs(flatbuffer: bytes, xs: list[np.ndarray]) -> list[np.ndarray]:
