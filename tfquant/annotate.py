@@ -355,6 +355,8 @@ def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
 
 
 def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
+    if not rule_for(op).fuses_activation:
+        return
     act = _single_consumer(tail, consumers)
     if act is None or rule_for(act) is None or rule_for(act).kind != "activation":
         return

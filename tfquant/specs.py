@@ -159,8 +159,12 @@ _WEIGHTS_INT8 = TensorSpec(bits=8, symmetric=True, per_axis=True, narrow_range=T
                            learner="minmax")
 _ACTS_INT8 = TensorSpec(bits=8, learner="ema")
 
-# TFLite's converter lowers Dense to MatMul + transpose and rejects per-channel weights there.
-_TFLITE_TYPES = {"Dense": {"weights": {"per_axis": False}}}
+# TFLite's converter rejects per-channel weights behind a reshape or transpose: Dense (lowered
+# to MatMul + transpose), Conv1D (its kernel gets a leading axis for CONV_2D) and the transposed
+# convolutions (kernel transposed for TRANSPOSE_CONV).
+_PER_TENSOR = {"weights": {"per_axis": False}}
+_TFLITE_TYPES = {name: _PER_TENSOR for name in ("Dense", "Conv1D", "Conv1DTranspose",
+                                                "Conv2DTranspose")}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # TFLite's int8 scheme: per-channel symmetric narrow-range weights, EMA asymmetric activations.

@@ -74,8 +74,9 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
 
     Checked before conversion (so nothing is written), from the quantizers' current
     :class:`~tfquant.qparams.QuantParams`: weights must be symmetric (zero point 0 on every
-    channel) and at most 8 bits; Dense weights must be per-tensor (the converter lowers Dense to
-    a transposed MatMul and rejects per-channel axes there); activations must be at most 8 bits
+    channel) and at most 8 bits; Dense, Conv1D and transposed-convolution weights must be
+    per-tensor (their kernels reach the TFLite op through a reshape or transpose, and the
+    converter rejects per-channel axes there); activations must be at most 8 bits
     in int8 mode and 16-bit symmetric in int16x8 mode. Ops that stay float after conversion
     (e.g. binary ``sign`` activations, layers left in float) are reported by :func:`tflite`.
 
@@ -102,9 +103,11 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
             if spec.bits > 8:
                 problems.append(f"{layer.layer.name}: {attr} uses {spec.bits}-bit weights; "
                                 "TFLite stores int8 weights")
-            if spec.per_axis and isinstance(layer.layer, keras.layers.Dense):
-                problems.append(f"{layer.layer.name}: per-channel Dense weights are rejected by "
-                                "the TFLite converter; use per_axis=False for Dense")
+            kind = _per_tensor_only(layer.layer)
+            if spec.per_axis and kind is not None:
+                problems.append(f"{layer.layer.name}: per-channel {kind} weights are rejected by "
+                                f"the TFLite converter; use per_axis=False for {kind} (the "
+                                "TFLite presets do)")
     for label, q in all_quantizers(qmodel):
         if "/weights/" in label or not q.enabled:
             continue
@@ -118,6 +121,18 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
     if problems:
         raise ValueError("model cannot be exported to TFLite " + mode + ":\n  - "
                          + "\n  - ".join(problems))
+
+
+def _per_tensor_only(layer: keras.layers.Layer) -> str | None:
+    """The layer type's name if the converter takes only per-tensor weights for it (their
+    kernel reaches the TFLite op through a reshape or transpose), else None."""
+    from keras.src.layers.convolutional.base_conv import BaseConv
+    from keras.src.layers.convolutional.base_conv_transpose import BaseConvTranspose
+
+    if isinstance(layer, (keras.layers.Dense, BaseConvTranspose)) or (
+            isinstance(layer, BaseConv) and getattr(layer, "rank", None) == 1):
+        return type(layer).__name__
+    return None
 
 
 def _all_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:

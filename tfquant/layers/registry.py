@@ -26,6 +26,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 KINDS = ("weighted", "output", "activation", "passthrough")
@@ -43,14 +44,19 @@ class LayerRule:
         weights: ``(attribute, channel_axis)`` pairs of the weights to quantize; the channel
             axis is an int or a tuple of contiguous axes (depthwise: ``(in, multiplier)``).
         forward: for weighted layers, computes the layer from (quantized) weights, without
-            bias and activation: ``forward(layer, x, weights, quantize_intermediate)``.
+            bias and activation: ``forward(layer, x, weights, quantize_intermediate)``. Other
+            kinds may set it to compute the layer in a form TFLite converts to an int8 op
+            (called with empty weights).
         foldable: whether a following BatchNormalization may be folded into the last weight.
+        fuses_activation: whether TFLite fuses a ReLU/ReLU6 into the op (it does not for
+            TRANSPOSE_CONV): if not, the pre-activation values get their own quantizer.
     """
 
     kind: str
     weights: tuple[tuple[str, int | tuple[int, ...]], ...] = ()
     forward: Forward | None = None
     foldable: bool = False
+    fuses_activation: bool = True
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -64,7 +70,8 @@ _REGISTRY: dict[type, LayerRule] = {}
 
 def register_layer(layer_cls: type, kind: str = "output",
                    weights: Sequence[tuple[str, int | tuple[int, ...]]] = (),
-                   forward: Forward | None = None, foldable: bool = False) -> LayerRule:
+                   forward: Forward | None = None, foldable: bool = False,
+                   fuses_activation: bool = True) -> LayerRule:
     """Registers how ``layer_cls`` (and its subclasses) are quantized.
 
     Args:
@@ -74,6 +81,8 @@ def register_layer(layer_cls: type, kind: str = "output",
         forward: for weighted layers, ``forward(layer, x, weights, quantize_intermediate)``
             returning the output before bias and activation.
         foldable: allow folding a following BatchNormalization into the last weight.
+        fuses_activation: False when TFLite keeps a ReLU/ReLU6 after this op as its own op
+            (its input then gets a quantizer too).
 
     Returns:
         The registered :class:`LayerRule`.
@@ -83,7 +92,8 @@ def register_layer(layer_cls: type, kind: str = "output",
     """
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
         raise TypeError(f"register_layer needs a keras.layers.Layer subclass, got {layer_cls!r}")
-    rule = LayerRule(kind, tuple((w, a) for w, a in weights), forward, foldable)
+    rule = LayerRule(kind, tuple((w, a) for w, a in weights), forward, foldable,
+                     fuses_activation)
     _REGISTRY[layer_cls] = rule
     return rule
 
@@ -183,6 +193,17 @@ def _conv_transpose_forward(layer, x, weights, quantize_intermediate=None):
                               data_format=layer.data_format, dilation_rate=layer.dilation_rate)
 
 
+def _upsampling_forward(layer, x, weights=None, quantize_intermediate=None):
+    # Keras 3 repeats rows and columns for "nearest", which converts to TILE ops (version 3 for
+    # int8, newer than the LiteRT runtime knows); the same values as RESIZE_NEAREST_NEIGHBOR.
+    if layer.interpolation != "nearest" or layer.data_format != "channels_last":
+        return layer(x)
+    height, width = int(x.shape[1]), int(x.shape[2])
+    size = (height * layer.size[0], width * layer.size[1])
+    return tf.compat.v1.image.resize_nearest_neighbor(x, size, align_corners=False,
+                                                      half_pixel_centers=False)
+
+
 def _dense_forward(layer, x, weights, quantize_intermediate=None):
     return ops.matmul(x, weights["kernel"])
 
@@ -201,16 +222,17 @@ def _register_builtins() -> None:
     register_layer(BaseSeparableConv, "weighted",
                    [("depthwise_kernel", (-2, -1)), ("pointwise_kernel", -1)],
                    _separable_forward, foldable=True)
-    # transpose-conv kernel (..., out, in)
+    # transpose-conv kernel (..., out, in); the converter leaves its activation a separate op
     register_layer(BaseConvTranspose, "weighted", [("kernel", -2)], _conv_transpose_forward,
-                   foldable=True)
+                   foldable=True, fuses_activation=False)
     register_layer(L.Dense, "weighted", [("kernel", -1)], _dense_forward, foldable=True)
 
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
                 L.GlobalAveragePooling1D,
                 L.GlobalAveragePooling2D, L.Rescaling, L.Normalization, L.BatchNormalization,
-                L.UpSampling2D, L.Resizing):
+                L.Resizing):
         register_layer(cls, "output")
+    register_layer(L.UpSampling2D, "output", forward=_upsampling_forward)
     for cls in (L.ReLU, L.Activation, L.Softmax, L.LeakyReLU, L.ELU, L.PReLU):
         register_layer(cls, "activation")
     # int8 AVERAGE_POOL_2D keeps its input's scale and zero point (the converter rejects a

@@ -127,7 +127,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
         if acts is not None:
             if self.rule.kind == "weighted" and len(self.rule.weights) > 1:
                 self.intermediate_quantizer = self._make(acts, None, "intermediate_quantizer")
-            if self.rule.kind == "weighted" and self.activation not in FUSABLE_ACTIVATIONS:
+            if self.rule.kind == "weighted" and (self.activation not in FUSABLE_ACTIVATIONS or (
+                    self.activation != "linear" and not self.rule.fuses_activation)):
                 self.pre_activation_quantizer = self._make(acts, None, "pre_activation_quantizer")
             if self.quantize_output:
                 self.output_quantizer = self._make(output_spec(acts, self.activation), None,
@@ -286,6 +287,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             activation = getattr(self.layer, "activation", None)
             if activation is not None:
                 y = activation(y)
+        elif self.rule.forward is not None:
+            y = self.rule.forward(self.layer, inputs, {}, None)
         else:
             y = self.layer(inputs, training=training)
         if self.output_quantizer is not None:

@@ -217,6 +217,15 @@ def _reshape(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     return Op("RESHAPE", (r.operand(x),), (y,), {"new_shape": tuple(r.batched_shape(y))})
 
 
+@_handles("EXPAND_DIMS")
+def _expand_dims(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    """A size-1 axis inserted (Conv1D and 1-D pooling run as their 2-D ops around it): a
+    reshape to the output's static shape."""
+    x, y = inputs[0], outputs[0]
+    _same_params(r, x, y)
+    return Op("RESHAPE", (r.operand(x),), (y,), {"new_shape": tuple(r.batched_shape(y))})
+
+
 @_handles("SQUEEZE")
 def _squeeze(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]

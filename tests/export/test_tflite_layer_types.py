@@ -1,0 +1,147 @@
+"""TFLite int8 export of layer types whose kernels or ops the converter handles specially:
+Conv1D (kernel reshaped for CONV_2D), Conv2DTranspose (kernel transposed, activation not
+fused) and UpSampling2D (Keras 3 repeats rows/columns). Each exported model computes in int8
+only, and its outputs are compared with the fake-quant Keras model by the LiteRT interpreter
+(reference kernels) run here."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+import tfquant
+from tfquant.simulate import IntegerModel
+from tfquant.specs import QuantConfig
+
+L = keras.layers
+F32 = np.float32
+
+
+def _reference_run(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Reference-kernel outputs (float32 io) and the output tensor's int8 step."""
+    interpreter = Interpreter(model_content=flatbuffer,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    inp = interpreter.get_input_details()[0]
+    interpreter.resize_tensor_input(inp["index"], x.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(F32))
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]["index"]
+    # the step of the int8 tensor the final DEQUANTIZE reads
+    producer = [op for op in interpreter._get_ops_details()  # noqa: SLF001
+                if out in op["outputs"]][0]
+    scale = interpreter.get_tensor_details()[producer["inputs"][0]]["quantization"][0]
+    return interpreter.get_tensor(out), float(scale)
+
+
+def _float_ops(flatbuffer: bytes) -> list[str]:
+    interpreter = Interpreter(model_content=flatbuffer)
+    details = interpreter.get_tensor_details()
+    return [op["op_name"] for op in interpreter._get_ops_details()  # noqa: SLF001
+            if op["op_name"] not in ("QUANTIZE", "DEQUANTIZE")
+            and any(details[t]["dtype"] == np.float32 for t in op["outputs"])]
+
+
+def _trained(model: keras.Model, x: np.ndarray, config="tflite_int8") -> keras.Model:
+    qmodel = tfquant.quantize_model(model, config=config)
+    y = model.predict(x, verbose=0)
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    return qmodel
+
+
+def _assert_matches_keras(qmodel: keras.Model, flatbuffer: bytes, x: np.ndarray) -> None:
+    assert _float_ops(flatbuffer) == []
+    got, step = _reference_run(flatbuffer, x)
+    want = qmodel.predict(x, verbose=0)
+    lsb = np.abs(got - want.reshape(got.shape)) / step
+    assert np.mean(lsb <= 1.0 + 1e-3) >= 0.999, np.max(lsb)
+
+
+def _conv1d_model() -> keras.Model:
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((24, 3))
+    x = L.Conv1D(8, 3, use_bias=False, name="conv_a")(inp)
+    x = L.BatchNormalization()(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling1D()(x)
+    x = L.Conv1D(6, 3, strides=2, padding="same", activation="relu", name="conv_b")(x)
+    x = L.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, L.Dense(4, name="fc")(x))
+
+
+def test_conv1d_exports_to_int8_and_the_simulator_is_bit_exact():
+    x = np.random.default_rng(0).uniform(-1, 1, (48, 24, 3)).astype(F32)
+    qmodel = _trained(_conv1d_model(), x)
+    wrapper = qmodel.get_layer("quant_conv_a")
+    assert not wrapper.weight_quantizers["kernel"].spec.per_axis    # the TFLite presets
+    flatbuffer = tfquant.export.tflite(qmodel)
+    _assert_matches_keras(qmodel, flatbuffer, x)
+    # None if the simulator could not read the model (it had no EXPAND_DIMS)
+    assert tfquant.verify(qmodel, flatbuffer, x[:16]).bit_exact_fraction == 1.0
+    assert IntegerModel.from_tflite(flatbuffer)(x[:4]).shape == (4, 4)
+
+
+def test_per_channel_conv1d_and_transposed_conv_are_refused_before_writing(tmp_path):
+    x = np.random.default_rng(1).uniform(-1, 1, (8, 24, 3)).astype(F32)
+    config = QuantConfig.preset("tflite_int8").with_overrides(
+        by_name={"conv_b": {"weights": {"per_axis": True}}})
+    qmodel = tfquant.quantize_model(_conv1d_model(), config=config)
+    qmodel(x, training=True)
+    with pytest.raises(ValueError, match="conv_b: per-channel Conv1D weights are rejected"):
+        tfquant.export.tflite(qmodel, tmp_path / "m.tflite")
+    inp = keras.Input((4, 4, 2))
+    up = L.Conv2DTranspose(3, 3, strides=2, padding="same", name="up")(inp)
+    config = QuantConfig.preset("tflite_int8").with_overrides(
+        by_name={"up": {"weights": {"per_axis": True}}})
+    qmodel = tfquant.quantize_model(keras.Model(inp, up), config=config)
+    qmodel(np.ones((2, 4, 4, 2), F32), training=True)
+    with pytest.raises(ValueError, match="up: per-channel Conv2DTranspose weights"):
+        tfquant.export.tflite(qmodel, tmp_path / "m.tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("head", ["activation", "bn_relu"])
+def test_transposed_conv_with_relu_and_upsampling_export_to_int8(head):
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, strides=2, padding="same", activation="relu")(inp)
+    if head == "activation":
+        x = L.Conv2DTranspose(8, 3, strides=2, padding="same", activation="relu",
+                              name="up")(x)
+    else:
+        x = L.Conv2DTranspose(8, 3, strides=2, padding="same", use_bias=False, name="up")(x)
+        x = L.ReLU()(L.BatchNormalization()(x))
+    x = L.UpSampling2D(name="upsample")(x)
+    model = keras.Model(inp, L.Conv2D(2, 1, name="head")(x))
+    x = np.random.default_rng(2).uniform(-1, 1, (32, 8, 8, 3)).astype(F32)
+    qmodel = _trained(model, x)
+    wrapper = qmodel.get_layer("quant_up")
+    # TFLite keeps the ReLU after TRANSPOSE_CONV: the values before it are quantized too
+    assert (wrapper.pre_activation_quantizer is not None) == (head == "activation")
+    flatbuffer = tfquant.export.tflite(qmodel)
+    ops = {op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details()}  # noqa: SLF001
+    assert {"TRANSPOSE_CONV", "RESIZE_NEAREST_NEIGHBOR"} <= ops and "TILE" not in ops
+    _assert_matches_keras(qmodel, flatbuffer, x)
+
+
+def test_upsampling_matches_keras_repeat_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(6)
+    inp = keras.Input((5, 7, 2))
+    model = keras.Model(inp, L.UpSampling2D((2, 3))(L.Conv2D(3, 1)(inp)))
+    x = np.random.default_rng(3).uniform(-1, 1, (4, 5, 7, 2)).astype(F32)
+    qmodel = _trained(model, x)
+    wrapper = [layer for layer in qmodel.layers if "up_sampling2d" in layer.name][0]
+    inner = np.random.default_rng(4).normal(size=(2, 5, 7, 3)).astype(F32)
+    np.testing.assert_array_equal(
+        np.asarray(wrapper.rule.forward(wrapper.layer, inner, {}, None)),
+        np.repeat(np.repeat(inner, 2, axis=1), 3, axis=2))
+    path = tmp_path / "q.keras"
+    qmodel.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path).predict(x, verbose=0),
+                                  qmodel.predict(x, verbose=0))
+    flatbuffer = tfquant.export.tflite(qmodel)
+    _assert_matches_keras(qmodel, flatbuffer, x)
+    assert tfquant.verify(qmodel, flatbuffer, x).bit_exact_fraction == 1.0
