@@ -245,3 +245,51 @@ def test_multi_input_output_model_is_matched_by_signature_not_interpreter_order(
     keras_out = qmodel.predict([x[:1] for x in xs], verbose=0)
     np.testing.assert_allclose(named["output_0"], keras_out[0], atol=0.05)
     np.testing.assert_allclose(named["output_1"], keras_out[1], atol=0.05)
+
+
+def test_global_average_pool_rounds_twice_in_tflite_and_is_judged_within_1lsb():
+    """TFLite's int8 MEAN folds 1/N into its multiplier and rounds twice (first to 2^-r of a
+    step): worked here from the interpreter's own integers, against the exact mean."""
+    rng = np.random.default_rng(5)
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((6, 3, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    model = keras.Model(inp, L.Dense(2)(L.GlobalAveragePooling2D(name="gap")(x)))
+    xs = rng.random((64, 6, 3, 3)).astype(np.float32)
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, xs, verbose=0)
+    data = tfquant.export.tflite(qmodel)
+    interpreter = Interpreter(model_content=data, experimental_preserve_all_tensors=True,
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interpreter.resize_tensor_input(0, xs.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(0, xs)
+    interpreter.invoke()
+    details = interpreter.get_tensor_details()
+    op = [o for o in interpreter._get_ops_details() if o["op_name"] == "MEAN"][0]  # noqa: SLF001
+    (s_in, zp_in), (s_out, zp_out) = (details[op["inputs"][0]]["quantization"],
+                                      details[op["outputs"][0]]["quantization"])
+    q_in = interpreter.get_tensor(op["inputs"][0]).astype(np.int64)
+    q_out = interpreter.get_tensor(op["outputs"][0]).astype(np.int64)
+    exact = (q_in - zp_in).sum(axis=(1, 2)) * (float(np.float32(s_in)) / float(np.float32(s_out))
+                                               / 18)
+    once = np.clip(np.floor(exact + 0.5) + zp_out, -128, 127)
+    assert 0.0 < np.mean(once != q_out) and np.abs(once - q_out).max() == 1   # rounded twice
+
+    report = tfquant.verify(qmodel, data, xs)
+    row = [r for r in report.per_layer if r.op == "MEAN"][0]
+    assert row.keras_local_exact_fraction < 0.99 and row.keras_local_max_diff_lsb == 1.0
+    assert row.locally_faithful() and report.within_tolerance
+    assert report.bit_exact_fraction == 1.0
+
+
+@pytest.mark.parametrize("op, local_max, faithful", [("MEAN", 1.0, True), ("MEAN", 2.0, False),
+                                                     ("CONV_2D", 1.0, False)])
+def test_only_double_rounding_ops_may_differ_by_one_step_often(op, local_max, faithful):
+    from tfquant.verify import LayerComparison
+
+    row = LayerComparison(position=0, op=op, tensor="t", layer="gap", scale=0.1, zero_point=0,
+                          bit_exact_fraction=1.0, keras_exact_fraction=0.9,
+                          keras_local_exact_fraction=0.9, max_abs_diff_lsb=local_max,
+                          within_1lsb_fraction=1.0, keras_local_max_diff_lsb=local_max)
+    assert row.locally_faithful() is faithful

@@ -292,7 +292,7 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
             keras_pre.get(pre.get(index))
         local_value = local.get(matched.get(index)) if index in matched else \
             local_pre.get(pre.get(index))
-        k_max = k_within = k_exact = k_local = None
+        k_max = k_within = k_exact = k_local = k_local_max = None
         scale, zero_point = _quant(detail)
         if value is not None and value.size == ref_val.size:
             d = lsb_diff(value.reshape(ref_val.shape), _dequantize(ref_val, detail), scale)
@@ -301,6 +301,7 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
         if local_value is not None and local_value.size == ref_val.size:
             d = lsb_diff(local_value.reshape(ref_val.shape), _dequantize(ref_val, detail), scale)
             k_local = float(np.mean(d < 0.5))
+            k_local_max = float(np.round(d.max(), 3)) if d.size else 0.0
         label = None
         if layer is not None:
             label = _display_name(qmodel.get_layer(layer))
@@ -309,8 +310,8 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
             position=r["position"], op=r["op"], tensor=detail["name"], layer=label,
             scale=scale, zero_point=zero_point, bit_exact_fraction=sim_frac,
             keras_exact_fraction=k_exact, keras_local_exact_fraction=k_local,
-            max_abs_diff_lsb=k_max,
-            within_1lsb_fraction=k_within))
+            max_abs_diff_lsb=k_max, within_1lsb_fraction=k_within,
+            keras_local_max_diff_lsb=k_local_max))
 
     return VerificationReport(
         samples=len(xs[0]),
