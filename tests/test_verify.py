@@ -283,8 +283,9 @@ def test_global_average_pool_rounds_twice_in_tflite_and_is_judged_within_1lsb():
     assert report.bit_exact_fraction == 1.0
 
 
-@pytest.mark.parametrize("op, local_max, faithful", [("MEAN", 1.0, True), ("MEAN", 2.0, False),
-                                                     ("CONV_2D", 1.0, False)])
+@pytest.mark.parametrize("op, local_max, faithful", [
+    ("MEAN", 1.0, True), ("MEAN", 2.0, False), ("AVERAGE_POOL_2D", 0.5, True),
+    ("AVERAGE_POOL_2D", 1.0, False), ("CONV_2D", 1.0, False)])
 def test_only_double_rounding_ops_may_differ_by_one_step_often(op, local_max, faithful):
     from tfquant.verify import LayerComparison
 
@@ -293,3 +294,26 @@ def test_only_double_rounding_ops_may_differ_by_one_step_often(op, local_max, fa
                           keras_local_exact_fraction=0.9, max_abs_diff_lsb=local_max,
                           within_1lsb_fraction=1.0, keras_local_max_diff_lsb=local_max)
     assert row.locally_faithful() is faithful
+
+
+@pytest.mark.parametrize("pooling", ["average_pooling1d", "leaky_re_lu"])
+def test_ops_that_round_where_keras_does_not_are_judged_by_their_bound(pooling):
+    """AVERAGE_POOL_2D (run for a 1-D pooling behind EXPAND_DIMS/RESHAPE) rounds the average
+    that the grid-sharing Keras layer keeps exact; LEAKY_RELU's alpha multiplier rounds twice."""
+    rng = np.random.default_rng(9)
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((20, 3))
+    x = L.Conv1D(4, 3)(inp)
+    x = L.AveragePooling1D(2)(L.ReLU()(x)) if pooling == "average_pooling1d" \
+        else L.LeakyReLU(0.1)(x)
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
+    xs = rng.uniform(-1, 1, (64, 20, 3)).astype(np.float32)
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, xs, verbose=0)
+    report = tfquant.verify(qmodel, tfquant.export.tflite(qmodel), xs)
+    row = [r for r in report.per_layer if r.layer == pooling][0]
+    assert row.keras_local_exact_fraction < 0.99                     # TFLite rounds differently
+    bound = {"average_pooling1d": 0.5, "leaky_re_lu": 1.0}[pooling]
+    assert row.keras_local_max_diff_lsb == bound
+    assert (row.computed_by or row.op) in ("AVERAGE_POOL_2D", "LEAKY_RELU")
+    assert report.within_tolerance and report.bit_exact_fraction == 1.0

@@ -145,3 +145,52 @@ def test_upsampling_matches_keras_repeat_and_round_trips(tmp_path):
     flatbuffer = tfquant.export.tflite(qmodel)
     _assert_matches_keras(qmodel, flatbuffer, x)
     assert tfquant.verify(qmodel, flatbuffer, x).bit_exact_fraction == 1.0
+
+
+def test_dilated_conv2d_is_one_op_with_the_gradient_of_the_space_to_batch_form():
+    import tensorflow as tf
+
+    from tfquant.layers.registry import _dilated_conv2d
+
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.normal(size=(2, 11, 12, 3)), tf.float32)
+    kernel = tf.constant(rng.normal(size=(3, 3, 3, 4)), tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch([x, kernel])
+        got = _dilated_conv2d(x, kernel, (1, 1), "SAME", (2, 3))
+        want = tf.nn.convolution(x, kernel, padding="SAME", dilations=(2, 3))
+        loss_got, loss_want = tf.reduce_sum(got * got), tf.reduce_sum(want * want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(tape.gradient(loss_got, [x, kernel]), tape.gradient(loss_want, [x, kernel])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["dilated_conv2d", "dense_on_sequence", "separable_conv1d",
+                                  "depthwise_conv1d"])
+def test_more_layer_types_export_to_int8_bit_exact_with_the_simulator(case):
+    keras.utils.set_random_seed(8)
+    rng = np.random.default_rng(8)
+    if case == "dilated_conv2d":
+        inp = keras.Input((12, 12, 3))
+        x = L.Conv2D(4, 3, padding="same", dilation_rate=(2, 3), use_bias=False)(inp)
+        x = L.ReLU()(L.BatchNormalization()(x))
+        out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    elif case == "dense_on_sequence":
+        inp = keras.Input((7, 4))
+        out = L.Softmax()(L.Dense(5)(L.Dense(8, activation="relu")(inp)))
+    elif case == "separable_conv1d":
+        inp = keras.Input((20, 3))
+        out = L.Dense(2)(L.Flatten()(L.SeparableConv1D(8, 3, activation="relu")(inp)))
+    else:
+        inp = keras.Input((20, 3))
+        out = L.Dense(2)(L.Flatten()(L.DepthwiseConv1D(3, activation="relu")(inp)))
+    model = keras.Model(inp, out)
+    x = rng.uniform(-1, 1, (32, *inp.shape[1:])).astype(F32)
+    qmodel = _trained(model, x)
+    flatbuffer = tfquant.export.tflite(qmodel)
+    ops = {op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details()}  # noqa: SLF001
+    assert not ops & {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"}, ops
+    report = tfquant.verify(qmodel, flatbuffer, x)
+    assert _float_ops(flatbuffer) == []
+    assert report.bit_exact_fraction == 1.0 and report.within_tolerance, str(report)
+    assert qmodel.predict(x, verbose=0).shape == model.predict(x, verbose=0).shape

@@ -166,8 +166,37 @@ def _conv_forward(layer, x, weights, quantize_intermediate=None):
         padding = "valid"
     else:
         padding = layer.padding
+    if (layer.rank == 2 and layer.data_format == "channels_last" and layer.groups == 1
+            and max(layer.dilation_rate) > 1):
+        return _dilated_conv2d(x, weights["kernel"], tuple(layer.strides), padding.upper(),
+                               tuple(layer.dilation_rate))
     return ops.conv(x, weights["kernel"], strides=layer.strides, padding=padding,
                     data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+
+def _dilated_conv2d(x, kernel, strides: tuple, padding: str, dilations: tuple):
+    """A dilated 2-D convolution as one ``Conv2D`` op, which converts to a dilated CONV_2D.
+
+    ``keras.ops.conv`` dilates through SpaceToBatchND/BatchToSpaceND, which the TFLite
+    converter leaves in float around a fake-quantized kernel. TF's CPU kernels have the dilated
+    forward op but not its gradient, so the gradient is that of the SpaceToBatch form (the
+    same function).
+    """
+    @tf.custom_gradient
+    def conv(x, kernel):
+        y = tf.nn.conv2d(x, kernel, strides=(1, *strides, 1), padding=padding,
+                         dilations=(1, *dilations, 1))
+
+        def grad(dy):
+            with tf.GradientTape() as tape:
+                tape.watch([x, kernel])
+                same = tf.nn.convolution(x, kernel, strides=strides, padding=padding,
+                                         dilations=dilations)
+            return tape.gradient(same, [x, kernel], output_gradients=dy)
+
+        return y, grad
+
+    return conv(x, kernel)
 
 
 def _depthwise_forward(layer, x, weights, quantize_intermediate=None):

@@ -75,6 +75,30 @@ def _fused_batchnorm_training(bn: keras.layers.Layer, x: tf.Tensor) -> tf.Tensor
     return y if x.shape.rank == 4 else tf.reshape(y, tf.shape(x))
 
 
+def _flatten_leading_axes(x: tf.Tensor):
+    """``x`` as ``[-1, channels]`` and the function that restores the leading axes.
+
+    A Dense layer on a sequence (``[batch, steps, channels]``) then quantizes, biases and
+    activates a plain matrix product, which converts to one int8 FULLY_CONNECTED between two
+    RESHAPEs; Keras' tensordot form leaves its fake-quantized MatMul in float.
+    """
+    x = tf.convert_to_tensor(x)
+    static = x.shape[:-1]
+    inner = static[1:]
+    # a constant target shape where only the batch is unknown (no SHAPE ops in the TFLite model)
+    leading = [-1, *inner.as_list()] if inner.is_fully_defined() else tf.shape(x)[:-1]
+
+    def restore(y):
+        if isinstance(leading, list):
+            out = tf.reshape(y, leading + [y.shape[-1]])
+        else:
+            out = tf.reshape(y, tf.concat([leading, tf.shape(y)[-1:]], axis=0))
+        out.set_shape(static.concatenate(y.shape[-1:]))
+        return out
+
+    return tf.reshape(x, [-1, x.shape[-1]]), restore
+
+
 @keras.saving.register_keras_serializable(package="tfquant")
 class QuantizeWrapper(keras.layers.Wrapper):
     """Quantizes a layer: its weights (weighted layers) and its output.
@@ -280,7 +304,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
                        lambda: self._add_bias(y, self.folded_bias()))
 
     def call(self, inputs, training=None, mask=None):
+        restore = None
         if self.rule.kind == "weighted":
+            if isinstance(self.layer, keras.layers.Dense) and len(inputs.shape) > 2:
+                inputs, restore = _flatten_leading_axes(inputs)
             y = self._weighted_call(inputs, training)
             if self.pre_activation_quantizer is not None:
                 y = self.pre_activation_quantizer(y, training=training)
@@ -293,7 +320,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
             y = self.layer(inputs, training=training)
         if self.output_quantizer is not None:
             y = self.output_quantizer(y, training=training)
-        return y
+        return y if restore is None else restore(y)
 
     def compute_output_shape(self, input_shape):
         try:
