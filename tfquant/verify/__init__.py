@@ -43,6 +43,9 @@ __all__ = ["verify", "VerificationReport", "LayerComparison", "MIN_LOCAL_EXACT",
 _ACTIVATION_DTYPES = (np.int8, np.int16, np.uint8, np.float32)
 
 
+_RESHAPES = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
+
+
 def _describe(flatbuffer: bytes) -> tuple[list[dict], dict[int, dict], dict[int, int]]:
     """Op outputs ``[{position, op, index}]`` (activations only, execution order), tensor
     details by index, and the int8 source of each DEQUANTIZE output."""
@@ -50,15 +53,20 @@ def _describe(flatbuffer: bytes) -> tuple[list[dict], dict[int, dict], dict[int,
 
     interpreter = Interpreter(model_content=flatbuffer)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    rows, dequantized = [], {}
+    rows, dequantized, computed_by = [], {}, {}
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the public API has no op list
         if op["op_name"] == "DEQUANTIZE":
             dequantized[int(op["outputs"][0])] = int(op["inputs"][0])
+        # the op whose arithmetic produced the values (reshapes only move them)
+        source = op["op_name"]
+        if source in _RESHAPES and len(op["inputs"]) and int(op["inputs"][0]) in computed_by:
+            source = computed_by[int(op["inputs"][0])]
         for index in op["outputs"]:
+            computed_by[int(index)] = source
             detail = tensors.get(int(index))
             if detail is not None and detail["dtype"] in _ACTIVATION_DTYPES:
                 rows.append({"position": int(op["index"]), "op": op["op_name"],
-                             "index": int(index)})
+                             "index": int(index), "computed_by": source})
     return rows, tensors, dequantized
 
 
@@ -311,7 +319,8 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
             scale=scale, zero_point=zero_point, bit_exact_fraction=sim_frac,
             keras_exact_fraction=k_exact, keras_local_exact_fraction=k_local,
             max_abs_diff_lsb=k_max, within_1lsb_fraction=k_within,
-            keras_local_max_diff_lsb=k_local_max))
+            keras_local_max_diff_lsb=k_local_max,
+            computed_by=r["computed_by"] if r["computed_by"] != r["op"] else None))
 
     return VerificationReport(
         samples=len(xs[0]),
