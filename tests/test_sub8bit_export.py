@@ -218,3 +218,16 @@ def test_4bit_activations_stay_on_the_4bit_grid(w4a4):
         assert levels.min() >= 0 and levels.max() <= 15, layer.name
         checked += 1
     assert checked >= 8
+
+
+def test_the_integer_simulator_runs_the_w4a4_export_bit_exact(w4a4):
+    """The int8 container clips activations to the b-bit range with MINIMUM/MAXIMUM ops, which
+    the simulator reads as well; it reproduces the reference kernels bit for bit."""
+    from tfquant.simulate import IntegerModel
+
+    x = w4a4["x"][:64]
+    reference = _interpreter(w4a4["flatbuffer"], x, True)
+    assert {"MINIMUM", "MAXIMUM"} <= {op["op_name"]
+                                      for op in reference._get_ops_details()}  # noqa: SLF001
+    simulated = IntegerModel.from_tflite(w4a4["flatbuffer"])(x)
+    np.testing.assert_array_equal(simulated, _output(reference))

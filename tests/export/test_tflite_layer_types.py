@@ -194,3 +194,20 @@ def test_more_layer_types_export_to_int8_bit_exact_with_the_simulator(case):
     assert _float_ops(flatbuffer) == []
     assert report.bit_exact_fraction == 1.0 and report.within_tolerance, str(report)
     assert qmodel.predict(x, verbose=0).shape == model.predict(x, verbose=0).shape
+
+
+def test_maximum_and_minimum_layers_are_refused_before_writing(tmp_path):
+    """TFLite would clamp an operand of MAXIMUM/MINIMUM to the other's range (one grid for all);
+    the export refuses instead of writing a model that computes something else."""
+    keras.utils.set_random_seed(9)
+    inp = keras.Input((6,))
+    a, b = L.Dense(4)(inp), L.Dense(4, name="wide")(inp)
+    model = keras.Model(inp, L.Dense(2)(L.Maximum(name="max")([a, L.Minimum(name="min")([a, b])])))
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, np.random.default_rng(9).normal(size=(32, 6)).astype(F32),
+                      verbose=0)
+    with pytest.raises(ValueError) as info:
+        tfquant.export.tflite(qmodel, tmp_path / "m.tflite")
+    assert "max: TFLite's int8 MAXIMUM" in str(info.value)
+    assert "min: TFLite's int8 MINIMUM" in str(info.value)
+    assert list(tmp_path.iterdir()) == []

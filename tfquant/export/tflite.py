@@ -108,6 +108,16 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
                 problems.append(f"{layer.layer.name}: per-channel {kind} weights are rejected by "
                                 f"the TFLite converter; use per_axis=False for {kind} (the "
                                 "TFLite presets do)")
+    for layer in _all_layers(qmodel):
+        if isinstance(layer, QuantizeWrapper) and isinstance(
+                layer.layer, (keras.layers.Maximum, keras.layers.Minimum)) \
+                and layer.output_quantizer is not None:
+            op = type(layer.layer).__name__.upper()
+            problems.append(f"{layer.layer.name}: TFLite's int8 {op} compares stored "
+                            "integers, so the converter puts its operands and "
+                            "result on one grid and clamps an operand with a wider range; "
+                            "tfquant does not unify those ranges: skip this layer (it then "
+                            "runs in float)")
     for label, q in all_quantizers(qmodel):
         if "/weights/" in label or not q.enabled:
             continue

@@ -42,6 +42,7 @@ ADD, SUB                     input_zp (2), left_shift (20), input_multiplier (2)
 MUL                          input_zp (2), output_multiplier, output_shift, output_zp, act_min,
                              act_max
 CONCATENATION                axis (inputs share the output's scale and zero point)
+MAXIMUM, MINIMUM             none (operands share the output's scale and zero point)
 AVERAGE_POOL_2D, MAX_POOL_2D filter (h, w), strides (h, w), padding, act_min, act_max
 MEAN                         axes, keep_dims, num_elements (N), input_zp, output_zp, multiplier,
                              shift (already divided by N as TFLite's reference kernel does)
@@ -87,6 +88,7 @@ SUPPORTED_OPS = frozenset({
     "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "RESHAPE", "SQUEEZE", "TRANSPOSE", "STRIDED_SLICE",
     "SPLIT", "SPLIT_V", "PAD", "PADV2", "RESIZE_NEAREST_NEIGHBOR", "LOGISTIC", "TANH", "SOFTMAX",
     "HARD_SWISH", "LEAKY_RELU", "RELU", "RELU6", "RELU_N1_TO_1", "QUANTIZE", "DEQUANTIZE",
+    "MAXIMUM", "MINIMUM",
 })
 
 

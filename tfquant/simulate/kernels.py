@@ -454,6 +454,13 @@ def concatenation(op: Op, inputs: list) -> list:
     return [tf.concat(inputs, axis=op.params["axis"])]
 
 
+@register("MAXIMUM", "MINIMUM")
+def maximum_minimum(op: Op, inputs: list) -> list:
+    """Element-wise max/min with broadcasting (operands share the output's parameters)."""
+    fn = tf.maximum if op.type == "MAXIMUM" else tf.minimum
+    return [fn(inputs[0], inputs[1])]
+
+
 @register("PAD", "PADV2")
 def pad(op: Op, inputs: list) -> list:
     """Constant padding with ``pad_value`` (the output zero point unless given)."""

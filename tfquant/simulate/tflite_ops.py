@@ -176,6 +176,19 @@ def _concatenation(r: Any, name: str, op: Any, inputs: list, outputs: list) -> O
               {"axis": int(o.axis) % len(r.shape(y))})
 
 
+@_handles("MAXIMUM", "MINIMUM")
+def _maximum_minimum(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    """Element-wise max/min of the stored integers (TFLite's int8 kernel does not rescale:
+    operands share the output's parameters; sub-8-bit exports clip with them)."""
+    y = outputs[0]
+    r.expect(y, "int8")
+    for t in inputs:
+        r.expect(t, "int8")
+        if r.scale_zp(t) != r.scale_zp(y):
+            raise _Unsupported("operands with other scales than the output")
+    return Op(name, tuple(r.operand(t) for t in inputs), (y,), {})
+
+
 @_handles("AVERAGE_POOL_2D", "MAX_POOL_2D")
 def _pool(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
