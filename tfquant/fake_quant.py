@@ -179,6 +179,14 @@ def _fake_quant_op(x: tf.Tensor, x_min, x_max, bits: int, narrow_range: bool,
         return tf.quantization.fake_quant_with_min_max_vars(
             x, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
     moved, restore = _to_channels_last(x, axis)
+    if moved.shape.rank > 4:
+        # the per-channel op (and its gradient) take at most 4 dimensions (Conv3D kernels
+        # have 5); the channels are last, so a [-1, channels] view quantizes the same values
+        shape = tf.shape(moved)
+        y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            tf.reshape(moved, [-1, moved.shape[-1]]), x_min, x_max, num_bits=bits,
+            narrow_range=narrow_range)
+        return restore(tf.reshape(y, shape))
     y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         moved, x_min, x_max, num_bits=bits, narrow_range=narrow_range)
     return restore(y)

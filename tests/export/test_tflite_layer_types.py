@@ -211,3 +211,30 @@ def test_maximum_and_minimum_layers_are_refused_before_writing(tmp_path):
     assert "max: TFLite's int8 MAXIMUM" in str(info.value)
     assert "min: TFLite's int8 MINIMUM" in str(info.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_conv3d_trains_per_channel_and_is_refused_for_tflite(tmp_path):
+    """Conv3D kernels have 5 dimensions, one more than TF's per-channel FakeQuant takes: they
+    are quantized through a [-1, channels] view (on the grid, per channel, round trip), and
+    TFLite, which has no int8 CONV_3D, is refused with the layer named."""
+    keras.utils.set_random_seed(10)
+    rng = np.random.default_rng(10)
+    inp = keras.Input((6, 6, 6, 2))
+    model = keras.Model(inp, L.Dense(2)(L.Flatten()(L.Conv3D(4, 3, activation="relu",
+                                                             name="c3")(inp))))
+    x = rng.normal(size=(16, 6, 6, 6, 2)).astype(F32)
+    qmodel = _trained(model, x)
+    wrapper = qmodel.get_layer("quant_c3")
+    quantizer = wrapper.weight_quantizers["kernel"]
+    params = quantizer.quant_params()
+    steps = np.asarray(quantizer(wrapper.layer.kernel, training=False)) / params.scale
+    assert params.scale.shape == (4,)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-3)
+    assert np.abs(np.round(steps)).max() == 127                 # each channel's own scale
+    path = tmp_path / "c3.keras"
+    qmodel.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path).predict(x, verbose=0),
+                                  qmodel.predict(x, verbose=0))
+    with pytest.raises(ValueError, match="c3: TFLite runs 3-D convolutions in float only"):
+        tfquant.export.tflite(qmodel, tmp_path / "m.tflite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c3.keras"]

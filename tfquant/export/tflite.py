@@ -109,6 +109,10 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
                                 f"the TFLite converter; use per_axis=False for {kind} (the "
                                 "TFLite presets do)")
     for layer in _all_layers(qmodel):
+        if isinstance(layer, QuantizeWrapper) and getattr(layer.layer, "rank", None) == 3 \
+                and layer.weight_quantizers:
+            problems.append(f"{layer.layer.name}: TFLite runs 3-D convolutions in float only "
+                            "(no int8 CONV_3D kernel); skip this layer")
         if isinstance(layer, QuantizeWrapper) and isinstance(
                 layer.layer, (keras.layers.Maximum, keras.layers.Minimum)) \
                 and layer.output_quantizer is not None:
