@@ -132,6 +132,13 @@ def _to_channels_last(x: tf.Tensor, axis: Axis):
     return x, restore
 
 
+def tracing_for_tflite() -> bool:
+    """True inside :func:`int8_container`, i.e. while the exporter traces the model for the
+    TFLite converter: a layer may then emit an op that TF's CPU kernels lack but that converts
+    to a TFLite int8 op (a dilated depthwise convolution)."""
+    return _container.get()
+
+
 def fake_quant(x: tf.Tensor, x_min: tf.Tensor, x_max: tf.Tensor, *, bits: int,
                narrow_range: bool, axis: Axis = None, constant: bool = False) -> tf.Tensor:
     """TF's FakeQuant op on ``x`` with range ``[x_min, x_max]`` (per-tensor or per-axis).

@@ -165,8 +165,8 @@ def test_dilated_conv2d_is_one_op_with_the_gradient_of_the_space_to_batch_form()
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", ["dilated_conv2d", "dense_on_sequence", "separable_conv1d",
-                                  "depthwise_conv1d"])
+@pytest.mark.parametrize("case", ["dilated_conv2d", "dilated_depthwise", "dense_on_sequence",
+                                  "separable_conv1d", "depthwise_conv1d"])
 def test_more_layer_types_export_to_int8_bit_exact_with_the_simulator(case):
     keras.utils.set_random_seed(8)
     rng = np.random.default_rng(8)
@@ -174,6 +174,10 @@ def test_more_layer_types_export_to_int8_bit_exact_with_the_simulator(case):
         inp = keras.Input((12, 12, 3))
         x = L.Conv2D(4, 3, padding="same", dilation_rate=(2, 3), use_bias=False)(inp)
         x = L.ReLU()(L.BatchNormalization()(x))
+        out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
+    elif case == "dilated_depthwise":
+        inp = keras.Input((12, 12, 3))
+        x = L.DepthwiseConv2D(3, padding="same", dilation_rate=2, activation="relu")(inp)
         out = L.Dense(2)(L.GlobalAveragePooling2D()(x))
     elif case == "dense_on_sequence":
         inp = keras.Input((7, 4))

@@ -29,6 +29,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from tfquant.fake_quant import tracing_for_tflite
+
 KINDS = ("weighted", "output", "activation", "passthrough")
 
 # forward(layer, inputs, weights, quantize_intermediate) -> output before bias and activation
@@ -200,6 +202,14 @@ def _dilated_conv2d(x, kernel, strides: tuple, padding: str, dilations: tuple):
 
 
 def _depthwise_forward(layer, x, weights, quantize_intermediate=None):
+    if (max(layer.dilation_rate) > 1 and layer.rank == 2 and tracing_for_tflite()
+            and layer.data_format == "channels_last"):
+        # One dilated DepthwiseConv2dNative converts to a dilated DEPTHWISE_CONV_2D; TF's CPU
+        # kernel lacks it, so training and Keras inference keep the SpaceToBatch form (the same
+        # function), which the converter would leave in float.
+        return tf.raw_ops.DepthwiseConv2dNative(
+            input=x, filter=weights["kernel"], strides=[1, *layer.strides, 1],
+            padding=layer.padding.upper(), dilations=[1, *layer.dilation_rate, 1])
     return ops.depthwise_conv(x, weights["kernel"], strides=layer.strides,
                               padding=layer.padding, data_format=layer.data_format,
                               dilation_rate=layer.dilation_rate)
