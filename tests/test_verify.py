@@ -157,14 +157,16 @@ def test_a_simulator_mismatch_is_found_at_its_tensor(setup, monkeypatch):
     assert report.simulator_all_tensors_exact is False
 
 
-def test_int8_io_model_and_dataset_input(setup, tmp_path):
+@pytest.mark.parametrize("io", ["int8", "uint8"])
+def test_integer_io_model_and_dataset_input(setup, tmp_path, io):
     import tensorflow as tf
 
     qmodel, _, _, x = setup
-    data = tfquant.export.tflite(qmodel, input_type="int8")
+    data = tfquant.export.tflite(qmodel, input_type=io, output_type=io)
     dataset = tf.data.Dataset.from_tensor_slices((x, np.zeros(len(x)))).batch(32)
     report = tfquant.verify(qmodel, data, dataset, max_samples=40)
-    assert report.io_types == ("int8", "int8")
+    assert report.io_types == (io, io)
+    assert report.simulator_error is None            # uint8 edges requantize in the simulator
     assert report.samples == 40
     assert report.bit_exact_fraction == 1.0
     assert report.max_abs_diff_lsb <= 3
@@ -296,7 +298,7 @@ def test_only_double_rounding_ops_may_differ_by_one_step_often(op, local_max, fa
     assert row.locally_faithful() is faithful
 
 
-@pytest.mark.parametrize("pooling", ["average_pooling1d", "leaky_re_lu"])
+@pytest.mark.parametrize("pooling", ["pool", "leaky"])
 def test_ops_that_round_where_keras_does_not_are_judged_by_their_bound(pooling):
     """AVERAGE_POOL_2D (run for a 1-D pooling behind EXPAND_DIMS/RESHAPE) rounds the average
     that the grid-sharing Keras layer keeps exact; LEAKY_RELU's alpha multiplier rounds twice."""
@@ -304,8 +306,8 @@ def test_ops_that_round_where_keras_does_not_are_judged_by_their_bound(pooling):
     keras.utils.set_random_seed(9)
     inp = keras.Input((20, 3))
     x = L.Conv1D(4, 3)(inp)
-    x = L.AveragePooling1D(2)(L.ReLU()(x)) if pooling == "average_pooling1d" \
-        else L.LeakyReLU(0.1)(x)
+    x = L.AveragePooling1D(2, name="pool")(L.ReLU()(x)) if pooling == "pool" \
+        else L.LeakyReLU(0.1, name="leaky")(x)
     model = keras.Model(inp, L.Dense(2)(L.Flatten()(x)))
     xs = rng.uniform(-1, 1, (64, 20, 3)).astype(np.float32)
     qmodel = tfquant.quantize_model(model)
@@ -313,7 +315,7 @@ def test_ops_that_round_where_keras_does_not_are_judged_by_their_bound(pooling):
     report = tfquant.verify(qmodel, tfquant.export.tflite(qmodel), xs)
     row = [r for r in report.per_layer if r.layer == pooling][0]
     assert row.keras_local_exact_fraction < 0.99                     # TFLite rounds differently
-    bound = {"average_pooling1d": 0.5, "leaky_re_lu": 1.0}[pooling]
+    bound = {"pool": 0.5, "leaky": 1.0}[pooling]
     assert row.keras_local_max_diff_lsb == bound
     assert (row.computed_by or row.op) in ("AVERAGE_POOL_2D", "LEAKY_RELU")
     assert report.within_tolerance and report.bit_exact_fraction == 1.0

@@ -68,10 +68,12 @@ def relu_values(q: np.ndarray, p: dict) -> np.ndarray:
 
 
 def requantize_values(q: np.ndarray, p: dict) -> np.ndarray:
-    """TFLite's ``Requantize`` (int8 -> int8 QUANTIZE) on int8 values ``q`` (host)."""
+    """TFLite's ``Requantize`` (int8/uint8 -> int8/uint8 QUANTIZE) on values ``q`` (host),
+    clamped to the output type."""
     v = np.asarray(q, np.int64) - p["input_zp"]
     out = P.multiply_by_quantized_multiplier(v, p["multiplier"], p["shift"]) + p["output_zp"]
-    return np.clip(out, INT8_MIN, INT8_MAX)
+    info = np.iinfo(p.get("output_dtype", "int8"))
+    return np.clip(out, info.min, info.max)
 
 
 def _elementwise_table(fn: Callable[[np.ndarray, dict], np.ndarray], p: dict) -> np.ndarray:
@@ -103,7 +105,12 @@ def quantize(op: Op, inputs: list) -> list:
     p = op.params
     x = inputs[0]
     if p["mode"] == "requantize":
-        return [_lut(x, _elementwise_table(requantize_values, p))]
+        in_dtype, out_dtype = p.get("input_dtype", "int8"), p.get("output_dtype", "int8")
+        if in_dtype == out_dtype == "int8":
+            return [_lut(x, _elementwise_table(requantize_values, p))]
+        info = np.iinfo(in_dtype)
+        table = requantize_values(np.arange(info.min, info.max + 1), p).astype(out_dtype)
+        return [tf.gather(tf.constant(table), tf.cast(x, tf.int32) - info.min)]
     # float32 division as C does it: XLA rewrites division by a constant into a multiplication
     # by the reciprocal, so divide in float64 and round to float32 (exact: a float32 quotient
     # is never a float32 midpoint, and the float64 error is far below the distance to one).

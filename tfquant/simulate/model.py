@@ -223,14 +223,16 @@ class IntegerModel:
         prepared = []
         for x, info in zip(xs, self.inputs):
             arr = np.asarray(x)
-            if info.dtype == "int8":
-                if arr.dtype != np.int8:
+            if info.dtype in ("int8", "uint8"):
+                limits = np.iinfo(info.dtype)
+                if arr.dtype != np.dtype(info.dtype):
                     if not np.issubdtype(arr.dtype, np.integer):
-                        raise TypeError(f"input {info.name!r} is int8: give int8 (quantized) "
-                                        f"values, got {arr.dtype}")
-                    if arr.size and (arr.min() < -128 or arr.max() > 127):
-                        raise ValueError(f"input {info.name!r} values outside the int8 range")
-                    arr = arr.astype(np.int8)
+                        raise TypeError(f"input {info.name!r} is {info.dtype}: give "
+                                        f"{info.dtype} (quantized) values, got {arr.dtype}")
+                    if arr.size and (arr.min() < limits.min or arr.max() > limits.max):
+                        raise ValueError(f"input {info.name!r} values outside the "
+                                         f"{info.dtype} range")
+                    arr = arr.astype(info.dtype)
             else:
                 arr = arr.astype(info.dtype)
             expected = tuple(info.shape[1:])

@@ -374,14 +374,19 @@ def _relu(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
 @_handles("QUANTIZE")
 def _quantize(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
-    r.expect(x, "float32", "int8")
-    r.expect(y, "int8")
+    r.expect(x, "float32", "int8", "uint8")
+    r.expect(y, "int8", "uint8")
     s_out, zp_out = r.scale_zp(y)
     if r.dtype(x) == "float32":
+        r.expect(y, "int8")
         return Op("QUANTIZE", (r.operand(x),), (y,), {"mode": "float", "scale": s_out,
                                                       "zp": zp_out})
     s_in, zp_in = r.scale_zp(x)
-    return Op("QUANTIZE", (r.operand(x),), (y,), B.requantize_params(s_in, zp_in, s_out, zp_out))
+    params = B.requantize_params(s_in, zp_in, s_out, zp_out)
+    # uint8 model inputs/outputs (export input_type/output_type="uint8") requantize to and
+    # from int8 at the model's edges
+    params.update(input_dtype=r.dtype(x), output_dtype=r.dtype(y))
+    return Op("QUANTIZE", (r.operand(x),), (y,), params)
 
 
 @_handles("DEQUANTIZE")
