@@ -235,7 +235,8 @@ def _conv_transpose_forward(layer, x, weights, quantize_intermediate=None):
 def _upsampling_forward(layer, x, weights=None, quantize_intermediate=None):
     # Keras 3 repeats rows and columns for "nearest", which converts to TILE ops (version 3 for
     # int8, newer than the LiteRT runtime knows); the same values as RESIZE_NEAREST_NEIGHBOR.
-    if layer.interpolation != "nearest" or layer.data_format != "channels_last":
+    if (layer.interpolation != "nearest" or layer.data_format != "channels_last"
+            or x.shape[1] is None or x.shape[2] is None):
         return layer(x)
     height, width = int(x.shape[1]), int(x.shape[2])
     size = (height * layer.size[0], width * layer.size[1])

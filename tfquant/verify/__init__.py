@@ -47,7 +47,8 @@ _RESHAPES = ("RESHAPE", "SQUEEZE", "EXPAND_DIMS")
 
 
 def _describe(flatbuffer: bytes) -> tuple[list[dict], dict[int, dict], dict[int, int]]:
-    """Op outputs ``[{position, op, index}]`` (activations only, execution order), tensor
+    """Op outputs ``[{position, op, index, computed_by}]`` (activations only, execution order;
+    ``computed_by``: the op whose arithmetic made the values, looking through reshapes), tensor
     details by index, and the int8 source of each DEQUANTIZE output."""
     from ai_edge_litert.interpreter import Interpreter
 
