@@ -52,6 +52,8 @@ class LayerRule:
         foldable: whether a following BatchNormalization may be folded into the last weight.
         fuses_activation: whether TFLite fuses a ReLU/ReLU6 into the op (it does not for
             TRANSPOSE_CONV): if not, the pre-activation values get their own quantizer.
+        matrix_input: the layer acts on the last axis of any-rank inputs (Dense): the wrapper
+            computes it on a ``[-1, channels]`` view, one FULLY_CONNECTED in TFLite.
     """
 
     kind: str
@@ -59,6 +61,7 @@ class LayerRule:
     forward: Forward | None = None
     foldable: bool = False
     fuses_activation: bool = True
+    matrix_input: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -73,7 +76,7 @@ _REGISTRY: dict[type, LayerRule] = {}
 def register_layer(layer_cls: type, kind: str = "output",
                    weights: Sequence[tuple[str, int | tuple[int, ...]]] = (),
                    forward: Forward | None = None, foldable: bool = False,
-                   fuses_activation: bool = True) -> LayerRule:
+                   fuses_activation: bool = True, matrix_input: bool = False) -> LayerRule:
     """Registers how ``layer_cls`` (and its subclasses) are quantized.
 
     Args:
@@ -85,6 +88,8 @@ def register_layer(layer_cls: type, kind: str = "output",
         foldable: allow folding a following BatchNormalization into the last weight.
         fuses_activation: False when TFLite keeps a ReLU/ReLU6 after this op as its own op
             (its input then gets a quantizer too).
+        matrix_input: True for layers that act on the last axis only (like Dense): inputs of
+            rank > 2 are then flattened to a matrix around the quantized computation.
 
     Returns:
         The registered :class:`LayerRule`.
@@ -95,7 +100,7 @@ def register_layer(layer_cls: type, kind: str = "output",
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
         raise TypeError(f"register_layer needs a keras.layers.Layer subclass, got {layer_cls!r}")
     rule = LayerRule(kind, tuple((w, a) for w, a in weights), forward, foldable,
-                     fuses_activation)
+                     fuses_activation, matrix_input)
     _REGISTRY[layer_cls] = rule
     return rule
 
@@ -265,7 +270,8 @@ def _register_builtins() -> None:
     # transpose-conv kernel (..., out, in); the converter leaves its activation a separate op
     register_layer(BaseConvTranspose, "weighted", [("kernel", -2)], _conv_transpose_forward,
                    foldable=True, fuses_activation=False)
-    register_layer(L.Dense, "weighted", [("kernel", -1)], _dense_forward, foldable=True)
+    register_layer(L.Dense, "weighted", [("kernel", -1)], _dense_forward, foldable=True,
+                   matrix_input=True)
 
     for cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Concatenate,
                 L.GlobalAveragePooling1D,

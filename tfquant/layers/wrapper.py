@@ -306,7 +306,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
     def call(self, inputs, training=None, mask=None):
         restore = None
         if self.rule.kind == "weighted":
-            if isinstance(self.layer, keras.layers.Dense) and len(inputs.shape) > 2:
+            if self.rule.matrix_input and len(inputs.shape) > 2:
                 inputs, restore = _flatten_leading_axes(inputs)
             y = self._weighted_call(inputs, training)
             if self.pre_activation_quantizer is not None:
