@@ -319,3 +319,20 @@ def test_ops_that_round_where_keras_does_not_are_judged_by_their_bound(pooling):
     assert row.keras_local_max_diff_lsb == bound
     assert (row.computed_by or row.op) in ("AVERAGE_POOL_2D", "LEAKY_RELU")
     assert report.within_tolerance and report.bit_exact_fraction == 1.0
+
+
+def test_a_layer_reading_a_shared_layer_gets_no_local_figure():
+    """A layer called twice has no single reference value; a layer reading it would be
+    recomputed with that layer's own rounding differences and look wrong itself."""
+    rng = np.random.default_rng(11)
+    keras.utils.set_random_seed(11)
+    shared = L.Dense(8, activation="relu", name="shared_fc")
+    inp = keras.Input((6,))
+    total = L.Add(name="sum")([shared(inp), shared(L.Dense(6)(inp))])
+    qmodel = tfquant.quantize_model(keras.Model(inp, L.Dense(2)(total)))
+    xs = rng.normal(size=(64, 6)).astype(np.float32)
+    tfquant.calibrate(qmodel, xs, verbose=0)
+    report = tfquant.verify(qmodel, tfquant.export.tflite(qmodel), xs)
+    row = [r for r in report.per_layer if r.layer == "sum"][0]
+    assert row.keras_exact_fraction is not None and row.keras_local_exact_fraction is None
+    assert report.bit_exact_fraction == 1.0 and report.within_tolerance

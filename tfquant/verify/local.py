@@ -23,6 +23,15 @@ def _history(tensor: Any):
     return history[0], history[1], history[2]
 
 
+def _reads_shared_layer(layer: Any) -> bool:
+    """Whether one of ``layer``'s inputs comes from a layer called more than once."""
+    for tensor in layer._inbound_nodes[0].input_tensors:
+        producer = getattr(tensor, "_keras_history", None)
+        if producer is not None and len(producer[0]._inbound_nodes) > 1:
+            return True
+    return False
+
+
 def local_outputs(qmodel: Any, xs: list[np.ndarray], reference: dict[str, np.ndarray],
                   targets: list[str], input_targets: list[str] = (),
                   batch_size: int = 256) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -39,7 +48,8 @@ def local_outputs(qmodel: Any, xs: list[np.ndarray], reference: dict[str, np.nda
 
     Returns:
         ``(outputs, inputs)``: layer name -> recomputed output, and layer name -> its input
-        (layers that cannot be recomputed, e.g. layers called more than once, are left out).
+        (layers that cannot be recomputed from reference values alone are left out: layers
+        called more than once, and layers reading one).
     """
     inputs = {id(t): i for i, t in enumerate(qmodel.inputs)}
     results: dict[str, list[np.ndarray]] = {t: [] for t in targets}
@@ -76,6 +86,10 @@ def local_outputs(qmodel: Any, xs: list[np.ndarray], reference: dict[str, np.nda
                     layer = qmodel.get_layer(name)
                     if len(layer._inbound_nodes) != 1:
                         raise ValueError("layer called more than once")
+                    if attribute == "output" and _reads_shared_layer(layer):
+                        # a shared layer has no single reference value: the recomputed input
+                        # would carry that layer's own differences into this one's
+                        raise ValueError("input from a layer called more than once")
                     store[name].append(value(getattr(layer, attribute), use_reference))
                 except (ValueError, AttributeError, TypeError, KeyError, IndexError):
                     store.pop(name)
