@@ -160,12 +160,12 @@ _WEIGHTS_INT8 = TensorSpec(bits=8, symmetric=True, per_axis=True, narrow_range=T
 _ACTS_INT8 = TensorSpec(bits=8, learner="ema")
 
 # TFLite's converter rejects per-channel weights behind a reshape or transpose: Dense (lowered
-# to MatMul + transpose), the 1-D convolutions (their kernels get a leading axis for the 2-D
-# ops) and the transposed convolutions (kernel transposed for TRANSPOSE_CONV).
+# to MatMul + transpose), the depthwise and separable 1-D convolutions (their kernels get a
+# leading axis for the 2-D ops; Conv1D quantizes that form itself) and the transposed
+# convolutions (kernel transposed for TRANSPOSE_CONV).
 _PER_TENSOR = {"weights": {"per_axis": False}}
-_TFLITE_TYPES = {name: _PER_TENSOR for name in ("Dense", "Conv1D", "DepthwiseConv1D",
-                                                "SeparableConv1D", "Conv1DTranspose",
-                                                "Conv2DTranspose")}
+_TFLITE_TYPES = {name: _PER_TENSOR for name in ("Dense", "DepthwiseConv1D", "SeparableConv1D",
+                                                "Conv1DTranspose", "Conv2DTranspose")}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # TFLite's int8 scheme: per-channel symmetric narrow-range weights, EMA asymmetric activations.

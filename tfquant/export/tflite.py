@@ -74,8 +74,8 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
 
     Checked before conversion (so nothing is written), from the quantizers' current
     :class:`~tfquant.qparams.QuantParams`: weights must be symmetric (zero point 0 on every
-    channel) and at most 8 bits; Dense, 1-D convolution and transposed-convolution weights
-    must be per-tensor (their kernels reach the TFLite op through a reshape or transpose, and the
+    channel) and at most 8 bits; Dense, depthwise/separable 1-D convolution and
+    transposed-convolution weights must be per-tensor (their kernels reach the TFLite op through a reshape or transpose, and the
     converter rejects per-channel axes there); activations must be at most 8 bits
     in int8 mode and 16-bit symmetric in int16x8 mode. Ops that stay float after conversion
     (e.g. binary ``sign`` activations, layers left in float) are reported by :func:`tflite`.
@@ -146,8 +146,10 @@ def _per_tensor_only(layer: keras.layers.Layer) -> str | None:
     from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 
     if isinstance(layer, (keras.layers.Dense, BaseConvTranspose)) or (
-            isinstance(layer, (BaseConv, BaseDepthwiseConv, BaseSeparableConv))
-            and getattr(layer, "rank", None) == 1):
+            isinstance(layer, (BaseDepthwiseConv, BaseSeparableConv))
+            and getattr(layer, "rank", None) == 1) or (
+            isinstance(layer, BaseConv) and layer.rank == 1 and (
+                layer.data_format != "channels_last" or layer.groups != 1)):
         return type(layer).__name__
     return None
 

@@ -54,6 +54,11 @@ class LayerRule:
             TRANSPOSE_CONV): if not, the pre-activation values get their own quantizer.
         matrix_input: the layer acts on the last axis of any-rank inputs (Dense): the wrapper
             computes it on a ``[-1, channels]`` view, one FULLY_CONNECTED in TFLite.
+        weight_view: ``weight_view(layer, weights) -> weights``: the form the weights are
+            quantized in (and ``forward`` receives) during training and export, when the
+            converter needs the FakeQuant on that form (a Conv1D kernel with the leading axis
+            of CONV_2D). It must only reshape, so quantizing before or after it gives the same
+            values; ``forward`` also accepts the plain weights (PTQ passes those).
     """
 
     kind: str
@@ -62,6 +67,7 @@ class LayerRule:
     foldable: bool = False
     fuses_activation: bool = True
     matrix_input: bool = False
+    weight_view: Callable[..., dict] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,7 +82,8 @@ _REGISTRY: dict[type, LayerRule] = {}
 def register_layer(layer_cls: type, kind: str = "output",
                    weights: Sequence[tuple[str, int | tuple[int, ...]]] = (),
                    forward: Forward | None = None, foldable: bool = False,
-                   fuses_activation: bool = True, matrix_input: bool = False) -> LayerRule:
+                   fuses_activation: bool = True, matrix_input: bool = False,
+                   weight_view: Callable[..., dict] | None = None) -> LayerRule:
     """Registers how ``layer_cls`` (and its subclasses) are quantized.
 
     Args:
@@ -90,6 +97,7 @@ def register_layer(layer_cls: type, kind: str = "output",
             (its input then gets a quantizer too).
         matrix_input: True for layers that act on the last axis only (like Dense): inputs of
             rank > 2 are then flattened to a matrix around the quantized computation.
+        weight_view: see :class:`LayerRule`.
 
     Returns:
         The registered :class:`LayerRule`.
@@ -100,7 +108,7 @@ def register_layer(layer_cls: type, kind: str = "output",
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, keras.layers.Layer)):
         raise TypeError(f"register_layer needs a keras.layers.Layer subclass, got {layer_cls!r}")
     rule = LayerRule(kind, tuple((w, a) for w, a in weights), forward, foldable,
-                     fuses_activation, matrix_input)
+                     fuses_activation, matrix_input, weight_view)
     _REGISTRY[layer_cls] = rule
     return rule
 
@@ -173,12 +181,29 @@ def _conv_forward(layer, x, weights, quantize_intermediate=None):
         padding = "valid"
     else:
         padding = layer.padding
+    kernel = weights["kernel"]
+    if layer.rank == 1 and len(kernel.shape) == 4:         # the CONV_2D view of a Conv1D
+        strides, dilations = (1, *layer.strides), (1, *layer.dilation_rate)
+        x = tf.expand_dims(x, 1)
+        if max(dilations) > 1:
+            y = _dilated_conv2d(x, kernel, strides, padding.upper(), dilations)
+        else:
+            y = tf.nn.conv2d(x, kernel, strides=(1, *strides, 1), padding=padding.upper())
+        return tf.squeeze(y, 1)
     if (layer.rank == 2 and layer.data_format == "channels_last" and layer.groups == 1
             and max(layer.dilation_rate) > 1):
         return _dilated_conv2d(x, weights["kernel"], tuple(layer.strides), padding.upper(),
                                tuple(layer.dilation_rate))
     return ops.conv(x, weights["kernel"], strides=layer.strides, padding=padding,
                     data_format=layer.data_format, dilation_rate=layer.dilation_rate)
+
+
+def _conv_weight_view(layer, weights: dict) -> dict:
+    # A Conv1D kernel [k, in, out] as CONV_2D's [1, k, in, out]: the converter rejects a
+    # per-channel FakeQuant followed by the reshape TF's conv1d adds.
+    if layer.rank == 1 and layer.data_format == "channels_last" and layer.groups == 1:
+        return {**weights, "kernel": tf.expand_dims(weights["kernel"], 0)}
+    return weights
 
 
 def _dilated_conv2d(x, kernel, strides: tuple, padding: str, dilations: tuple):
@@ -260,7 +285,8 @@ def _register_builtins() -> None:
     from keras.src.layers.convolutional.base_depthwise_conv import BaseDepthwiseConv
     from keras.src.layers.convolutional.base_separable_conv import BaseSeparableConv
 
-    register_layer(BaseConv, "weighted", [("kernel", -1)], _conv_forward, foldable=True)
+    register_layer(BaseConv, "weighted", [("kernel", -1)], _conv_forward, foldable=True,
+                   weight_view=_conv_weight_view)
     # depthwise kernel (..., in, multiplier): TFLite's output channel is in * multiplier.
     register_layer(BaseDepthwiseConv, "weighted", [("kernel", (-2, -1))],
                    _depthwise_forward, foldable=True)

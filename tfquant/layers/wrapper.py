@@ -253,6 +253,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
             bn_step = tf.identity(self._step_counter().value)
         factor = None if self.batchnorm is None else self._fold_factor()
         weights = self.folded_weights(factor)
+        if self.rule.weight_view is not None:
+            weights = self.rule.weight_view(self.layer, weights)
         for attr, quantizer in self.weight_quantizers.items():
             weights[attr] = quantizer(weights[attr], training=training)
         mid = None
