@@ -36,6 +36,11 @@ def _reference_run(flatbuffer: bytes, x: np.ndarray) -> tuple[np.ndarray, float]
     return interpreter.get_tensor(out), float(scale)
 
 
+def _op_names(flatbuffer: bytes) -> set[str]:
+    return {op["op_name"]
+            for op in Interpreter(model_content=flatbuffer)._get_ops_details()}  # noqa: SLF001
+
+
 def _float_ops(flatbuffer: bytes) -> list[str]:
     interpreter = Interpreter(model_content=flatbuffer)
     details = interpreter.get_tensor_details()
@@ -134,7 +139,7 @@ def test_transposed_conv_with_relu_and_upsampling_export_to_int8(head):
     # TFLite keeps the ReLU after TRANSPOSE_CONV: the values before it are quantized too
     assert (wrapper.pre_activation_quantizer is not None) == (head == "activation")
     flatbuffer = tfquant.export.tflite(qmodel)
-    ops = {op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details()}  # noqa: SLF001
+    ops = _op_names(flatbuffer)
     assert {"TRANSPOSE_CONV", "RESIZE_NEAREST_NEIGHBOR"} <= ops and "TILE" not in ops
     _assert_matches_keras(qmodel, flatbuffer, x)
 
@@ -204,7 +209,7 @@ def test_more_layer_types_export_to_int8_bit_exact_with_the_simulator(case):
     x = rng.uniform(-1, 1, (32, *inp.shape[1:])).astype(F32)
     qmodel = _trained(model, x)
     flatbuffer = tfquant.export.tflite(qmodel)
-    ops = {op["op_name"] for op in Interpreter(model_content=flatbuffer)._get_ops_details()}  # noqa: SLF001
+    ops = _op_names(flatbuffer)
     assert not ops & {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND"}, ops
     report = tfquant.verify(qmodel, flatbuffer, x)
     assert _float_ops(flatbuffer) == []

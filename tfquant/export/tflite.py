@@ -75,10 +75,11 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
     Checked before conversion (so nothing is written), from the quantizers' current
     :class:`~tfquant.qparams.QuantParams`: weights must be symmetric (zero point 0 on every
     channel) and at most 8 bits; Dense, depthwise/separable 1-D convolution and
-    transposed-convolution weights must be per-tensor (their kernels reach the TFLite op through a reshape or transpose, and the
-    converter rejects per-channel axes there); activations must be at most 8 bits
-    in int8 mode and 16-bit symmetric in int16x8 mode. Ops that stay float after conversion
-    (e.g. binary ``sign`` activations, layers left in float) are reported by :func:`tflite`.
+    transposed-convolution weights must be per-tensor (their kernels reach the TFLite op
+    through a reshape or transpose, and the converter rejects per-channel axes there);
+    activations must be at most 8 bits in int8 mode and 16-bit symmetric in int16x8 mode.
+    Ops that stay float after conversion (e.g. binary ``sign`` activations, layers left in
+    float) are reported by :func:`tflite`.
 
     Example:
         >>> check_exportable(qat)          # silent when the model can be exported

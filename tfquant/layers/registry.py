@@ -192,9 +192,9 @@ def _conv_forward(layer, x, weights, quantize_intermediate=None):
         return tf.squeeze(y, 1)
     if (layer.rank == 2 and layer.data_format == "channels_last" and layer.groups == 1
             and max(layer.dilation_rate) > 1):
-        return _dilated_conv2d(x, weights["kernel"], tuple(layer.strides), padding.upper(),
+        return _dilated_conv2d(x, kernel, tuple(layer.strides), padding.upper(),
                                tuple(layer.dilation_rate))
-    return ops.conv(x, weights["kernel"], strides=layer.strides, padding=padding,
+    return ops.conv(x, kernel, strides=layer.strides, padding=padding,
                     data_format=layer.data_format, dilation_rate=layer.dilation_rate)
 
 

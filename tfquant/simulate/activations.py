@@ -105,11 +105,10 @@ def quantize(op: Op, inputs: list) -> list:
     p = op.params
     x = inputs[0]
     if p["mode"] == "requantize":
-        in_dtype, out_dtype = p.get("input_dtype", "int8"), p.get("output_dtype", "int8")
-        if in_dtype == out_dtype == "int8":
-            return [_lut(x, _elementwise_table(requantize_values, p))]
-        info = np.iinfo(in_dtype)
-        table = requantize_values(np.arange(info.min, info.max + 1), p).astype(out_dtype)
+        # a table over every stored input value (int8, or uint8 at a model's edge)
+        info = np.iinfo(p.get("input_dtype", "int8"))
+        table = requantize_values(np.arange(info.min, info.max + 1), p)
+        table = table.astype(p.get("output_dtype", "int8"))
         return [tf.gather(tf.constant(table), tf.cast(x, tf.int32) - info.min)]
     # float32 division as C does it: XLA rewrites division by a constant into a multiplication
     # by the reciprocal, so divide in float64 and round to float32 (exact: a float32 quotient
