@@ -326,6 +326,30 @@ def test_config_skip_and_activation_off():
     assert qmodel.get_layer("quant_conv").batchnorm is None
 
 
+
+def test_config_names_that_match_no_layer_raise_and_change_nothing():
+    """A by_name key or by_regex pattern matching no layer (a typo, or a pattern that matches
+    only part of a name) raises, naming it; the user's model is left as it was."""
+    model = _cnn()
+    before = _snapshot(model)
+    cfg = QuantConfig(by_name={"haed": {"skip": True}, "head": {"weights": {"bits": 6}}},
+                      by_regex={"dw_": {"activations": {"bits": 6}}, "dw.*": {"skip": False}})
+    with pytest.raises(ValueError) as err:
+        tfquant.quantize_model(model, cfg)
+    message = str(err.value)
+    assert "by_name key 'haed'" in message and "by_regex pattern 'dw_'" in message
+    assert "'head'" not in message.split("Its layers")[0]          # matching entries not listed
+    assert "'dw.*'" not in message
+    assert "Its layers:" in message and "'dw_relu'" in message
+    assert _snapshot(model) == before
+    # the same config without the two strays quantizes, and its entries take effect
+    cfg = QuantConfig(by_name={"head": {"weights": {"bits": 6}}},
+                      by_regex={"dw.*": {"activations": {"bits": 6}}})
+    qmodel = tfquant.quantize_model(model, cfg)
+    assert qmodel.get_layer("quant_head").weight_quantizers["kernel"].spec.bits == 6
+    assert qmodel.get_layer("quant_dw_relu").output_quantizer.spec.bits == 6
+
+
 def test_first_last_bits():
     qmodel = tfquant.quantize_model(_cnn(), "lsq_w4a4")
     bits = {name: qmodel.get_layer(f"quant_{name}").weight_quantizers["kernel"].spec.bits

@@ -48,6 +48,35 @@ def test_later_overrides_win_within_a_level():
     assert cfg2.resolve("a", "Dense").weights.bits == 6
 
 
+
+def test_overrides_nest_instead_of_replacing():
+    """A later override changes only the keys it names (here it keeps the TFLite preset's
+    per-tensor Dense rule while setting the bits); a non-dict value (None) replaces."""
+    cfg = QuantConfig.preset("tflite_int8").with_overrides(
+        by_type={"Dense": {"weights": {"bits": 4}}}, by_name={"fc": {"activations": None}})
+    fc = cfg.resolve("fc", "Dense")
+    assert fc.weights.bits == 4 and fc.weights.per_axis is False and fc.activations is None
+    cfg2 = cfg.with_overrides(by_name={"fc": {"activations": {"bits": 6}}})
+    assert cfg2.resolve("fc", "Dense").activations.bits == 6
+    assert cfg.resolve("fc", "Dense").activations is None          # the original is unchanged
+    assert PRESETS["tflite_int8"]["by_type"]["Dense"] == {"weights": {"per_axis": False}}
+
+
+def test_default_config_keeps_the_tflite_per_type_rules():
+    """``QuantConfig()`` stands for the tflite_int8 preset: Dense (and the other types whose
+    kernels reach TFLite through a reshape or transpose) per-tensor, Conv2D per-channel, also
+    with the user's own by_type entries; an explicit global spec takes only what it is given."""
+    cfg = QuantConfig(by_type={"Dense": {"weights": {"bits": 6}}})
+    assert cfg.resolve("fc", "Dense").weights.per_axis is False
+    assert cfg.resolve("fc", "Dense").weights.bits == 6
+    assert cfg.resolve("c", "Conv2D").weights.per_axis is True
+    assert QuantConfig().resolve("t", "Conv2DTranspose").weights.per_axis is False
+    explicit = QuantConfig(PRESETS["tflite_int8"]["global"])
+    assert explicit.resolve("fc", "Dense").weights.per_axis is True
+    assert QuantConfig.from_dict({"by_name": {"fc": {"skip": True}}}).resolve(
+        "x", "Dense").weights.per_axis is False
+
+
 def test_none_switches_tensor_off_and_skip():
     cfg = QuantConfig(by_name={"fc": {"weights": None}, "head": {"skip": True}})
     assert cfg.resolve("fc", "Dense").weights is None

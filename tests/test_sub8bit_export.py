@@ -231,3 +231,32 @@ def test_the_integer_simulator_runs_the_w4a4_export_bit_exact(w4a4):
                                       for op in reference._get_ops_details()}  # noqa: SLF001
     simulated = IntegerModel.from_tflite(w4a4["flatbuffer"])(x)
     np.testing.assert_array_equal(simulated, _output(reference))
+
+
+
+def test_a_shared_layer_with_4bit_weights_is_refused_before_conversion(tmp_path):
+    """A Conv2D called twice with 4-bit weights: the converter would leave both convolutions
+    in float, so the exporter refuses it up front, naming the layer, and writes nothing; with
+    8-bit weights the same model exports with every op in int8."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    shared = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="shared")
+    a = shared(x)
+    y = keras.layers.Dense(4, name="fc")(keras.layers.Flatten()(
+        keras.layers.Concatenate(name="cat")([a, shared(a)])))
+    model = keras.Model(inp, y)
+    data = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype(F32)
+    path = tmp_path / "m.tflite"
+    for bits in (4, 8):
+        cfg = tfquant.QuantConfig(by_name={"shared": {"weights": {"bits": bits}}})
+        qmodel = tfquant.quantize_model(model, config=cfg)
+        tfquant.calibrate(qmodel, data, verbose=0)
+        if bits == 4:
+            with pytest.raises(ValueError, match="shared: a layer called 2 times"):
+                tfquant.export.tflite(qmodel, path)
+            assert not path.exists()
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                tfquant.export.tflite(qmodel, path)   # strict: raises if any op is float
+            assert path.exists()

@@ -371,7 +371,18 @@ def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
 
 
 # ------------------------------------------------------------------------ apply
+def _check_config_names(flat: keras.Model, config: QuantConfig) -> None:
+    """Raises ValueError for ``by_name``/``by_regex`` entries that match no layer."""
+    names = [op.name for op in flat.operations]
+    problems = config.unmatched(names)
+    if problems:
+        shown = ", ".join(repr(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
+        raise ValueError(f"QuantConfig entries that match no layer of model {flat.name!r}: "
+                         f"{'; '.join(problems)}. Its layers: {shown}.")
+
+
 def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bool = False):
+    _check_config_names(flat, config)
     plan = _plan(flat, config, annotations, annotate_all)
     by_new_layer: dict[int, _Decision] = {}
     originals: dict[int, Any] = {}

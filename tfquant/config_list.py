@@ -59,7 +59,7 @@ import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
 from tfquant.qparams import MAX_BITS
-from tfquant.specs import LayerSpec, QuantConfig, TensorSpec
+from tfquant.specs import LayerSpec, QuantConfig, TensorSpec, merge_overrides
 
 ENTRY_KEYS = ("quant_types", "quant_bits", "op_types", "op_names", "quant_dtype", "quant_scheme",
               "quant_start_step", "exclude")
@@ -315,9 +315,9 @@ class ConfigListQuantConfig(QuantConfig):
 
     def with_overrides(self, by_type=None, by_regex=None, by_name=None) -> "ConfigListQuantConfig":
         return ConfigListQuantConfig(self.entries, self.base, self.algorithm, self.config_list,
-                                     {**self.by_type, **(by_type or {})},
-                                     {**self.by_regex, **(by_regex or {})},
-                                     {**self.by_name, **(by_name or {})})
+                                     merge_overrides(self.by_type, by_type or {}),
+                                     merge_overrides(self.by_regex, by_regex or {}),
+                                     merge_overrides(self.by_name, by_name or {}))
 
     def to_dict(self) -> dict:
         """Plain dict: the config list, the algorithm, the base config and extra overrides."""

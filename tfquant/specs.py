@@ -147,6 +147,23 @@ class LayerSpec:
 _LAYER_FIELDS = tuple(f.name for f in dataclasses.fields(LayerSpec))
 
 
+def merge_overrides(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` nested in: dicts under the same key merge recursively, any
+    other value of ``extra`` replaces ``base``'s.
+
+    Example:
+        >>> merge_overrides({"Dense": {"weights": {"per_axis": False}}},
+        ...                 {"Dense": {"weights": {"bits": 4}}})
+        {'Dense': {'weights': {'per_axis': False, 'bits': 4}}}
+    """
+    merged = dict(base)
+    for key, value in extra.items():
+        old = merged.get(key)
+        merged[key] = (merge_overrides(old, value)
+                       if isinstance(old, Mapping) and isinstance(value, Mapping) else value)
+    return merged
+
+
 def _check_keys(d: Mapping[str, Any], allowed: Iterable[str], what: str) -> None:
     if not isinstance(d, Mapping):
         raise ValueError(f"{what} must be a dict, got {type(d).__name__}: {d!r}")
@@ -193,17 +210,27 @@ class QuantConfig:
     """Model-wide quantization settings with per-type, per-regex and per-name overrides.
 
     Args:
-        global_spec: the default :class:`LayerSpec`.
+        global_spec: the default :class:`LayerSpec`. None: the ``"tflite_int8"`` preset's, and
+            then its per-type rules (Dense and the 1-D depthwise/separable and transposed
+            convolutions per-tensor, as the TFLite converter requires) come first in
+            ``by_type``.
         by_type: layer class name -> override dict (e.g. ``{"Dense": {"weights": {"bits": 4}}}``).
-        by_regex: regular expression on the layer name -> override dict.
+        by_regex: regular expression -> override dict, for the layers whose whole name it
+            matches (``re.fullmatch``: ``"block_1.*"``, not ``"block_1"``).
         by_name: exact layer name -> override dict.
         first_last_bits: when set, the first and last weighted layers keep this many bits
             (common practice for low-bit QAT).
 
+    Overrides nest: a later override dict changes only the keys it names, so
+    ``{"weights": {"bits": 4}}`` on top of ``{"weights": {"per_axis": False}}`` keeps both.
+    Quantizing a model with a ``by_name`` key or ``by_regex`` pattern that matches none of its
+    layers raises ``ValueError`` naming it (a typo would otherwise change nothing, silently).
+
     Example:
-        >>> cfg = QuantConfig(by_type={"Dense": {"weights": {"per_axis": False}}})
-        >>> cfg.resolve("fc", "Dense").weights.per_axis
-        False
+        >>> cfg = QuantConfig(by_type={"Dense": {"weights": {"bits": 4}}})
+        >>> spec = cfg.resolve("fc", "Dense").weights
+        >>> spec.bits, spec.per_axis
+        (4, False)
     """
 
     def __init__(self, global_spec: LayerSpec | None = None,
@@ -211,7 +238,10 @@ class QuantConfig:
                  by_regex: Mapping[str, Mapping] | None = None,
                  by_name: Mapping[str, Mapping] | None = None,
                  first_last_bits: int | None = None):
-        self.global_spec = global_spec or PRESETS["tflite_int8"]["global"]
+        if global_spec is None:
+            global_spec = PRESETS["tflite_int8"]["global"]
+            by_type = merge_overrides(PRESETS["tflite_int8"]["by_type"], by_type or {})
+        self.global_spec = global_spec
         self.by_type = dict(by_type or {})
         self.by_regex = dict(by_regex or {})
         self.by_name = dict(by_name or {})
@@ -260,10 +290,21 @@ class QuantConfig:
                         f"{type(config).__name__}.")
 
     def with_overrides(self, by_type=None, by_regex=None, by_name=None) -> "QuantConfig":
-        """A copy with extra overrides (later ones win within the same level)."""
-        return QuantConfig(self.global_spec, {**self.by_type, **(by_type or {})},
-                           {**self.by_regex, **(by_regex or {})},
-                           {**self.by_name, **(by_name or {})}, self.first_last_bits)
+        """A copy with extra overrides, nested into the existing ones (the new values win
+        for the keys they name)."""
+        return QuantConfig(self.global_spec, merge_overrides(self.by_type, by_type or {}),
+                           merge_overrides(self.by_regex, by_regex or {}),
+                           merge_overrides(self.by_name, by_name or {}), self.first_last_bits)
+
+    def unmatched(self, layer_names: Iterable[str]) -> list[str]:
+        """The ``by_name`` keys and ``by_regex`` patterns that match none of ``layer_names``,
+        described for an error message (empty when every one matches)."""
+        names = set(layer_names)
+        problems = [f"by_name key {key!r}" for key in self.by_name if key not in names]
+        problems += [f"by_regex pattern {pattern!r} (it must match a whole name)"
+                     for pattern in self.by_regex
+                     if not any(re.fullmatch(pattern, name) for name in names)]
+        return problems
 
     def resolve(self, layer_name: str, layer_type: str | Iterable[str]) -> LayerSpec:
         """The effective :class:`LayerSpec` of a layer.
@@ -303,6 +344,6 @@ class QuantConfig:
         glob = d.pop("global_spec", None)
         if isinstance(glob, Mapping):
             glob = LayerSpec.from_dict(glob)
-        return cls(glob or base.global_spec, {**base.by_type, **(d.get("by_type") or {})},
+        return cls(glob or base.global_spec, merge_overrides(base.by_type, d.get("by_type") or {}),
                    d.get("by_regex"),
                    d.get("by_name"), d.get("first_last_bits", base.first_last_bits))

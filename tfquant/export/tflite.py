@@ -77,8 +77,8 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
     channel) and at most 8 bits; Dense, depthwise/separable 1-D convolution and
     transposed-convolution weights must be per-tensor (their kernels reach the TFLite op
     through a reshape or transpose, and the converter rejects per-channel axes there);
-    activations must be at most 8 bits in int8 mode and 16-bit symmetric in int16x8 mode.
-    Ops that stay float after conversion (e.g. binary ``sign`` activations, layers left in
+    activations must be at most 8 bits in int8 mode and 16-bit symmetric in int16x8 mode; a
+    layer called more than once must have 8-bit weights. Ops that stay float after conversion (e.g. binary ``sign`` activations, layers left in
     float) are reported by :func:`tflite`.
 
     Example:
@@ -104,6 +104,12 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
             if spec.bits > 8:
                 problems.append(f"{layer.layer.name}: {attr} uses {spec.bits}-bit weights; "
                                 "TFLite stores int8 weights")
+            calls = len(getattr(layer, "_inbound_nodes", ()))
+            if spec.bits < 8 and calls > 1:
+                problems.append(f"{layer.layer.name}: a layer called {calls} times (shared "
+                                f"weights) with {spec.bits}-bit {attr}: the TFLite converter "
+                                "leaves its ops in float; give it 8-bit weights or make one "
+                                "layer per call")
             kind = _per_tensor_only(layer.layer)
             if spec.per_axis and kind is not None:
                 problems.append(f"{layer.layer.name}: per-channel {kind} weights are rejected by "
