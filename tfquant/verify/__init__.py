@@ -238,6 +238,10 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
     names = [layer.name for layer in layers]
     matched = match_tensors([(r["index"], tensors[r["index"]]["name"]) for r in rows], names) \
         if per_layer else {}
+    # A layer called more than once has one Keras output per call, and ``layer.output`` is the
+    # first call's: no per-layer Keras figure for its ops (the model outputs still compare).
+    shared = {layer.name for layer in layers if len(getattr(layer, "_inbound_nodes", ())) > 1}
+    matched = {index: name for index, name in matched.items() if name not in shared}
     pre = _pre_activation_tensors(rows, tensors, layers, matched) if per_layer else {}
     keras_out, keras_layers, keras_pre = _run_keras(
         qmodel, xs, sorted(set(matched.values()), key=names.index), sorted(set(pre.values())),
