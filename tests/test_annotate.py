@@ -355,6 +355,30 @@ def test_first_last_bits():
     bits = {name: qmodel.get_layer(f"quant_{name}").weight_quantizers["kernel"].spec.bits
             for name in ("conv", "dw", "head")}
     assert bits == {"conv": 8, "dw": 4, "head": 8}
+    # the fused ReLU6 after 'conv' keeps its own (4-bit) spec, and the report says so
+    assert qmodel.get_layer("quant_relu6").output_quantizer.spec.bits == 4
+    assert "fused activation 'relu6' 4-bit" in qmodel.quantization_report["conv"].detail
+
+
+def test_name_and_regex_overrides_win_over_first_last_bits():
+    """first_last_bits ranks between the type and the regex/name overrides: an explicit
+    override of the first or last layer is what the model gets (it used to be overwritten
+    with 8 bits, so auto()'s 16-bit fallback for the last layer changed nothing)."""
+    cfg = QuantConfig.preset("lsq_w4a4").with_overrides(
+        by_type={"Dense": {"weights": {"bits": 3}}},
+        by_regex={"con.*": {"weights": {"bits": 2}}},
+        by_name={"head": {"weights": {"bits": 6}, "activations": {"bits": 16,
+                                                                  "symmetric": True}}})
+    qmodel = tfquant.quantize_model(_cnn(), cfg)
+    head = qmodel.get_layer("quant_head")
+    assert head.weight_quantizers["kernel"].spec.bits == 6
+    assert head.output_quantizer.spec.bits == 16
+    assert qmodel.get_layer("quant_conv").weight_quantizers["kernel"].spec.bits == 2
+    # a type override alone does not beat first_last_bits
+    qmodel = tfquant.quantize_model(_cnn(), QuantConfig.preset("lsq_w4a4").with_overrides(
+        by_type={"Dense": {"weights": {"bits": 3}}}))
+    assert qmodel.get_layer("quant_head").weight_quantizers["kernel"].spec.bits == 8
+    assert "weights 8-bit" in qmodel.quantization_report["head"].detail
 
 
 def test_per_axis_activation_config_raises_naming_layer():

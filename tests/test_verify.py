@@ -172,6 +172,21 @@ def test_integer_io_model_and_dataset_input(setup, tmp_path, io):
     assert report.max_abs_diff_lsb <= 3
 
 
+
+def test_an_x_y_tuple_is_read_as_model_fit_reads_it(setup, report):
+    """``(x, y)`` and ``(x, y, sample_weight)`` (what model.fit and tfquant.analysis.report
+    take): the labels are dropped and the figures are those of ``x`` alone (it raised a numpy
+    'inhomogeneous shape' error)."""
+    qmodel, path, _, x = setup
+    labels = np.arange(len(x)) % 5
+    for data in ((x, labels), (x, labels, np.ones(len(x)))):
+        got = tfquant.verify(qmodel, path, data, per_layer=False)
+        assert got.samples == report.samples == len(x)
+        assert got.bit_exact_fraction == report.bit_exact_fraction
+        assert got.max_abs_diff_lsb == report.max_abs_diff_lsb
+        assert got.diff_histogram == report.diff_histogram
+
+
 def test_bad_inputs_give_clear_errors(setup, tmp_path):
     qmodel, path, data, x = setup
     with pytest.raises(FileNotFoundError, match="missing.tflite"):

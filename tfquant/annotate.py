@@ -220,6 +220,7 @@ class _Decision:
     batchnorm: keras.layers.Layer | None = None
     folded_into: str | None = None
     carrier: bool = False  # standalone BatchNormalization run as a folded 1x1 depthwise conv
+    fused_activation: Any = None  # the activation layer fused into this weighted layer
 
 
 def _consumers(model: keras.Model) -> dict[int, list[Any]]:
@@ -243,13 +244,15 @@ def _num_nodes(layer) -> int:
     return len(getattr(layer, "_inbound_nodes", []))
 
 
-def _layer_spec(layer, config: QuantConfig, annotations, annotate_all: bool):
+def _type_names(layer) -> list[str]:
     base = keras.layers.Layer if isinstance(layer, keras.layers.Layer) else Operation
-    types = [c.__name__ for c in type(layer).__mro__ if issubclass(c, base)]
-    spec = config.resolve(layer.name, types)
+    return [c.__name__ for c in type(layer).__mro__ if issubclass(c, base)]
+
+
+def _layer_spec(layer, config: QuantConfig, annotations, annotate_all: bool):
     if id(layer) in annotations and annotations[id(layer)] is not None:
-        spec = annotations[id(layer)]
-    return spec
+        return annotations[id(layer)]
+    return config.resolve(layer.name, _type_names(layer))
 
 
 def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bool):
@@ -289,7 +292,6 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
                                  f"runs as {len(parts)} quantized Rescaling op(s): "
                                  + ", ".join(p.name for p in parts))
 
-    _apply_first_last_bits(ordered, plan, config)
     consumers = _consumers(flat)
     for op in ordered:
         decision = plan[id(op)]
@@ -309,6 +311,7 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
             fusable_tail = isinstance(op, _FUSING_ELEMENTWISE)
         if fusable_tail:
             _try_fuse(op, tail, decision, consumers, plan)
+    _apply_first_last_bits(ordered, plan, config, annotations)
     return plan
 
 
@@ -317,17 +320,19 @@ _FUSING_ELEMENTWISE = (keras.layers.Add, keras.layers.Subtract, keras.layers.Mul
                        knp.Add, knp.Subtract, knp.Multiply)
 
 
-def _apply_first_last_bits(ordered, plan, config: QuantConfig) -> None:
+def _apply_first_last_bits(ordered, plan, config: QuantConfig, annotations) -> None:
+    """``first_last_bits`` for the first and last weighted layers: above the type overrides,
+    below the regex and name overrides; a layer annotated with its own spec keeps it. (An
+    activation layer fused into them keeps its own spec, as the next layer's input.)"""
     if config.first_last_bits is None:
         return
     weighted = [op for op in ordered if plan[id(op)].action == "quantize"
                 and rule_for(op).kind == "weighted"]
-    for op in {id(weighted[0]): weighted[0], id(weighted[-1]): weighted[-1]}.values() \
-            if weighted else ():
-        d = plan[id(op)]
-        bits = {"bits": config.first_last_bits}
-        d.spec = d.spec.apply({k: bits for k in ("weights", "activations")
-                               if getattr(d.spec, k) is not None})
+    ends = {id(weighted[0]): weighted[0], id(weighted[-1]): weighted[-1]} if weighted else {}
+    for op in ends.values():
+        if annotations.get(id(op)) is None:
+            plan[id(op)].spec = config.resolve(op.name, _type_names(op),
+                                               after_type={"bits": config.first_last_bits})
 
 
 def _single_consumer(op, consumers):
@@ -366,6 +371,7 @@ def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
     if act_decision.action != "quantize":
         return
     decision.quantize_output = False
+    decision.fused_activation = act
     act_decision.fused = True
     act_decision.reason = f"fused into {op.name!r} (one output quantizer after the activation)"
 
@@ -481,7 +487,7 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
     return qmodel
 
 
-def _describe(decision: _Decision, layer) -> str:
+def _describe(decision: _Decision, layer, plan) -> str:
     spec = decision.spec
     parts = []
     if decision.batchnorm is not None:
@@ -490,10 +496,14 @@ def _describe(decision: _Decision, layer) -> str:
         w = spec.weights
         parts.append(f"weights {w.bits}-bit {'per-channel' if w.per_axis else 'per-tensor'} "
                      f"{'symmetric' if w.symmetric else 'asymmetric'} ({w.learner})")
-    if spec is not None and spec.activations is not None:
+    act = decision.fused_activation
+    if act is not None:
+        a = plan[id(act)].spec.activations
+        parts.append(f"output quantized after fused activation {act.name!r} {a.bits}-bit "
+                     f"({a.learner})")
+    elif spec is not None and spec.activations is not None:
         a = spec.activations
-        where = "output" if decision.quantize_output else "output quantized after fused activation"
-        parts.append(f"{where} {a.bits}-bit ({a.learner})")
+        parts.append(f"output {a.bits}-bit ({a.learner})")
     if decision.reason:
         parts.append(decision.reason)
     return "; ".join(parts)
@@ -507,6 +517,6 @@ def _report(flat: keras.Model, plan, config: QuantConfig) -> QuantizationReport:
         decision = plan[id(op)]
         action = "fused" if decision.fused else decision.action
         entries.append(LayerEntry(name=op.name, type=type(op).__name__, action=action,
-                                  detail=_describe(decision, op) if decision.action == "quantize"
+                                  detail=_describe(decision, op, plan) if decision.action == "quantize"
                                   else decision.reason))
     return QuantizationReport(entries)

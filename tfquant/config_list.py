@@ -300,7 +300,8 @@ class ConfigListQuantConfig(QuantConfig):
                 found = entry
         return found
 
-    def resolve(self, layer_name: str, layer_type: str | Iterable[str]) -> LayerSpec:
+    def resolve(self, layer_name: str, layer_type: str | Iterable[str],
+                after_type: Mapping[str, Any] | None = None) -> LayerSpec:
         types = [layer_type] if isinstance(layer_type, str) else list(layer_type)
         spec = self.base.resolve(layer_name, types)
         entry = self.matching_entry(layer_name, types)
@@ -311,7 +312,7 @@ class ConfigListQuantConfig(QuantConfig):
             spec = dataclasses.replace(spec, skip=True)
         else:
             spec = _apply_entry(entry, spec, self.algorithm)
-        return self.apply_overrides(spec, layer_name, types)
+        return self.apply_overrides(spec, layer_name, types, after_type)
 
     def with_overrides(self, by_type=None, by_regex=None, by_name=None) -> "ConfigListQuantConfig":
         return ConfigListQuantConfig(self.entries, self.base, self.algorithm, self.config_list,

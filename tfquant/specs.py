@@ -219,7 +219,9 @@ class QuantConfig:
             matches (``re.fullmatch``: ``"block_1.*"``, not ``"block_1"``).
         by_name: exact layer name -> override dict.
         first_last_bits: when set, the first and last weighted layers keep this many bits
-            (common practice for low-bit QAT).
+            for their weights and output (common practice for low-bit QAT); it ranks above
+            the type overrides and below the regex and name ones. An activation layer fused
+            into them (a separate ReLU) keeps its own spec.
 
     Overrides nest: a later override dict changes only the keys it names, so
     ``{"weights": {"bits": 4}}`` on top of ``{"weights": {"per_axis": False}}`` keeps both.
@@ -306,21 +308,30 @@ class QuantConfig:
                      if not any(re.fullmatch(pattern, name) for name in names)]
         return problems
 
-    def resolve(self, layer_name: str, layer_type: str | Iterable[str]) -> LayerSpec:
+    def resolve(self, layer_name: str, layer_type: str | Iterable[str],
+                after_type: Mapping[str, Any] | None = None) -> LayerSpec:
         """The effective :class:`LayerSpec` of a layer.
 
         Args:
             layer_name: the layer's name.
             layer_type: its class name, or the class names of its hierarchy (most derived first).
+            after_type: a :class:`TensorSpec` override (e.g. ``{"bits": 8}``) for both
+                tensors, applied after the type overrides and before the regex and name ones
+                (the annotator's ``first_last_bits``).
         """
         types = [layer_type] if isinstance(layer_type, str) else list(layer_type)
-        return self.apply_overrides(self.global_spec, layer_name, types)
+        return self.apply_overrides(self.global_spec, layer_name, types, after_type)
 
-    def apply_overrides(self, spec: LayerSpec, layer_name: str, types: list[str]) -> LayerSpec:
-        """``spec`` with the type, regex and name overrides applied, in that precedence."""
+    def apply_overrides(self, spec: LayerSpec, layer_name: str, types: list[str],
+                        after_type: Mapping[str, Any] | None = None) -> LayerSpec:
+        """``spec`` with the type, regex and name overrides applied, in that precedence
+        (``after_type``: see :meth:`resolve`)."""
         for type_name in reversed(types):
             if type_name in self.by_type:
                 spec = spec.apply(self.by_type[type_name])
+        if after_type:
+            spec = spec.apply({k: dict(after_type) for k in ("weights", "activations")
+                               if getattr(spec, k) is not None})
         for pattern, override in self.by_regex.items():
             if re.fullmatch(pattern, layer_name):
                 spec = spec.apply(override)

@@ -184,8 +184,9 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
     Args:
         qmodel: the quantized Keras model (QAT or calibrated) the ``.tflite`` was exported from.
         tflite: path or flatbuffer bytes of its int8 export (int8 or float32 inputs/outputs).
-        data: float inputs: an array, a list of arrays (multi-input), a dict by input name, or
-            a ``tf.data.Dataset`` (``(x, y)`` elements are fine; labels are ignored).
+        data: float inputs: an array, a list of arrays (multi-input), a dict by input name,
+            an ``(x, y)`` tuple of these, or a ``tf.data.Dataset`` (``(x, y)`` elements are
+            fine); labels are ignored.
             int8-input models get the data quantized as TFLite's QUANTIZE op does.
         per_layer: also compare every intermediate tensor (the per-layer table).
         xnnpack: also run TFLite's default path (XNNPACK) and report its agreement.

@@ -27,8 +27,9 @@ def collect_inputs(data: Any, num_inputs: int, input_names: Sequence[str] = (),
 
     Args:
         data: an array (single-input models), a list/tuple of arrays (one per input), a dict
-            keyed by input name, or a ``tf.data.Dataset`` of any of these (or of ``(x, y)``
-            pairs, whose labels are dropped).
+            keyed by input name, any of these as the ``x`` of an ``(x, y)`` tuple (as
+            ``model.fit`` takes it; the labels are dropped), or a ``tf.data.Dataset`` of
+            any of these.
         num_inputs: the number of model inputs.
         input_names: the Keras input names (for dict data).
         max_samples: keep at most this many samples.
@@ -68,6 +69,9 @@ def collect_inputs(data: Any, num_inputs: int, input_names: Sequence[str] = (),
 
 
 def _split(data: Any, num_inputs: int, input_names: Sequence[str]) -> list[np.ndarray]:
+    if isinstance(data, tuple) and len(data) in (2, 3) and (
+            num_inputs == 1 or isinstance(data[0], (tuple, list, dict))):
+        data = data[0]                          # (x, y) or (x, y, weights), as in model.fit
     if isinstance(data, dict):
         missing = [n for n in input_names if n not in data]
         if missing:
