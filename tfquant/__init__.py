@@ -10,7 +10,7 @@ import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfquant import analysis, export  # noqa: E402
+from tfquant import analysis, datasets, export  # noqa: E402
 from tfquant import ptq  # noqa: E402  (a callable package: tfquant.ptq(model, data))
 from tfquant.ptq import calibrate, dynamic_range  # noqa: E402
 from tfquant.annotate import (quantize_annotate_layer, quantize_annotate_model,  # noqa: E402
@@ -36,5 +36,5 @@ __all__ = [
     "QuantConfig", "TensorSpec", "export", "ptq", "calibrate", "dynamic_range",
     "analysis", "quantization", "quantize_scope", "from_config_list", "BinaryQuantizer",
     "DoReFaQuantizer", "TernaryQuantizer", "LatentWeightClip", "constrain_latent_weights",
-    "simulate", "verify", "VerificationReport",
+    "simulate", "verify", "VerificationReport", "datasets",
 ]

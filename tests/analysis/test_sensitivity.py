@@ -112,3 +112,14 @@ def test_label_metric_without_labels_is_explained(weight_fragile, weight_qmodel)
     _, x, _ = weight_fragile
     with pytest.raises(ValueError, match="needs labels"):
         sensitivity(None, x, keras.metrics.SparseCategoricalAccuracy(), qmodel=weight_qmodel)
+
+
+@pytest.mark.parametrize("value, message", [(None, "returned None"),
+                                            (float("nan"), "returned nan"),
+                                            ("high", "must return a number")])
+def test_a_metric_that_returns_no_number_is_refused(weight_fragile, weight_qmodel, value,
+                                                    message):
+    """A metric returning None/NaN/a string raised nothing and gave a table of NaNs."""
+    _, x, _ = weight_fragile
+    with pytest.raises(ValueError, match=message):
+        sensitivity(None, x, lambda model: value, qmodel=weight_qmodel)

@@ -157,4 +157,22 @@ def test_bad_arguments_fail_before_anything_runs(setup):
         auto(model, x_cal, never, method_sets=(("magic",),))
     with pytest.raises(TypeError, match="eval_fn"):
         auto(model, x_cal, "accuracy")
+    # a flat method list (meant as one set) would be read letter by letter
+    with pytest.raises(TypeError, match="sequence of method sets"):
+        auto(model, x_cal, never, method_sets=("cle", "bias_correction"))
+    # option typos: before the first PTQ variant, not when AdaRound finally runs
+    with pytest.raises(ValueError, match=r"adaround_options key\(s\) \['iteratons'\]"):
+        auto(model, x_cal, never, adaround_options={"iteratons": 20})
+    with pytest.raises(ValueError, match=r"ptq_options key\(s\) \['stpes'\]"):
+        auto(model, x_cal, never, ptq_options={"stpes": 2})
+    # auto calibrates once per variant: a one-shot generator would be empty the second time
+    with pytest.raises(ValueError, match="one-shot generator"):
+        auto(model, (b for b in np.array_split(x_cal, 4)), never)
     assert calls == []
+
+
+def test_a_single_observer_name_is_one_observer(setup):
+    model, x_cal, _, score = setup
+    _, report = auto(model, x_cal, score, tolerance=1.0, observers="mse",
+                     method_sets=(), verbose=0)
+    assert [s.name for s in report.steps] == ["float", "ptq[mse]"]

@@ -107,10 +107,12 @@ def _bad_inputs(data):
         "shape": (np.zeros((4, 5, 5, 2), np.float32), r"\(None, 6, 6, 2\)"),
         "dtype": (np.full((4, 6, 6, 2), "a"), "dtype"),
         "observer": (data, "unknown observer"),
+        "batch_size": (data, "batch_size=0 must be a positive integer"),  # was ZeroDivisionError
     }
 
 
-@pytest.mark.parametrize("case", ["empty", "non-finite", "shape", "dtype", "observer"])
+@pytest.mark.parametrize("case", ["empty", "non-finite", "shape", "dtype", "observer",
+                                  "batch_size"])
 def test_bad_input_raises_and_leaves_the_model_unchanged(float_model, data, case):
     qmodel = tfquant.quantize_model(float_model)
     calibrate(qmodel, data * 0.5, batch_size=16, verbose=0)
@@ -118,7 +120,8 @@ def test_bad_input_raises_and_leaves_the_model_unchanged(float_model, data, case
     source, message = _bad_inputs(data)[case]
     observer = "nonsense" if case == "observer" else "minmax"
     with pytest.raises(ValueError, match=message):
-        calibrate(qmodel, source, observer=observer, batch_size=16, verbose=0)
+        calibrate(qmodel, source, observer=observer, batch_size=0 if case == "batch_size" else 16,
+                  verbose=0)
     after = [v.numpy() for v in qmodel.variables]
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     quantizers = [q for _, q in all_quantizers(qmodel)]

@@ -94,6 +94,24 @@ def test_ptq_rejects_bad_calls(model, data, kwargs, message):
         ptq(model, verbose=0, **kwargs)
 
 
+
+def test_analytic_bias_correction_takes_a_one_shot_generator(model, data):
+    """Analytic bias correction reads BN statistics, not the data: a generator (read once, by
+    calibration) gives the same model as the array in the same batches."""
+    def batches():
+        return (data[i:i + 8] for i in range(0, 48, 8))
+    opts = dict(methods=("bias_correction",), bias_correction="analytic", batch_size=8,
+                verbose=0)
+    from_generator = ptq(model, batches(), **opts)
+    from_array = ptq(model, data, **opts)
+    assert from_generator.ptq_report.ran == from_array.ptq_report.ran
+    assert "bias_correction" in from_array.ptq_report.ran
+    np.testing.assert_array_equal(run(from_generator, data), run(from_array, data))
+    with pytest.raises(ValueError, match="one-shot"):
+        ptq(model, batches(), methods=("bias_correction",), bias_correction="empirical",
+            verbose=0)
+
+
 def test_dynamic_range_model_exports_int8_weights_and_float_activations():
     from ai_edge_litert.interpreter import Interpreter
 

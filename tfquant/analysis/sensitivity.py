@@ -65,11 +65,19 @@ def metric_inputs(metric_fn: MetricFn) -> str:
 
 
 def _scalar(value: Any, where: str) -> float:
-    arr = np.asarray(keras.ops.convert_to_numpy(value) if not isinstance(value, (int, float))
-                     else value, np.float64)
+    if value is None:
+        raise ValueError(f"{where} returned None, not a number")
+    try:
+        arr = np.asarray(keras.ops.convert_to_numpy(value) if not isinstance(value, (int, float))
+                         else value, np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where} must return a number, got {value!r}") from err
     if arr.size == 0:
         raise ValueError(f"{where} returned an empty value")
-    return float(np.mean(arr))
+    score = float(np.mean(arr))
+    if not np.isfinite(score):
+        raise ValueError(f"{where} returned {score}, not a finite number")
+    return score
 
 
 class _Evaluator:

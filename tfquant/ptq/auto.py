@@ -33,6 +33,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -41,6 +43,9 @@ import keras
 
 from tfquant.annotate import _check_model
 from tfquant.observers import OBSERVERS
+from tfquant.ptq.adaround import adaround
+from tfquant.ptq.data import is_one_shot
+from tfquant.ptq.pipeline import _Options
 from tfquant.ptq.auto_escalation import _maybe_qat, _raise_precision, _rank_layers, layer_groups
 from tfquant.ptq.auto_report import AutoQuantError, AutoReport, AutoStep
 from tfquant.ptq.auto_search import _Runner, _Search, _search_ptq
@@ -58,6 +63,21 @@ SENSITIVITY_MODES = ("disable", "skip")
 
 __all__ = ["auto", "AutoReport", "AutoStep", "AutoQuantError", "layer_groups",
            "DEFAULT_METHOD_SETS"]
+
+
+def _check_options(ptq_options: Mapping[str, Any], adaround_options: Mapping[str, Any]) -> None:
+    """Unknown keys of ``ptq_options``/``adaround_options`` raise before anything runs (a
+    typo would otherwise surface only at the first PTQ variant that uses the option)."""
+    known = {f.name for f in dataclasses.fields(_Options)}
+    unknown = sorted(set(ptq_options) - known)
+    if unknown:
+        raise ValueError(f"unknown ptq_options key(s) {unknown}; valid keys: {sorted(known)} "
+                         "(AdaRound's go in adaround_options)")
+    known = set(inspect.signature(adaround).parameters) - {"qmodel", "data"}
+    unknown = sorted(set(adaround_options) - known)
+    if unknown:
+        raise ValueError(f"unknown adaround_options key(s) {unknown}; valid keys: "
+                         f"{sorted(known)}")
 
 
 def _check_args(model, eval_fn, tolerance, observers, method_sets, sensitivity, fallback,
@@ -112,7 +132,7 @@ def auto(model: keras.Model, data: Any, eval_fn: Callable[[keras.Model], float],
         qat_data: when given, ``(x, y)`` arrays or a dataset of ``(x, y)`` batches for a final
             short QAT from the best model if the tolerance is still not met.
         config: the quantization config (preset name, dict or :class:`QuantConfig`).
-        observers: activation observers tried.
+        observers: activation observers tried (a name or a sequence of names).
         method_sets: PTQ method combinations tried with the best observer.
         stop_early: stop at the first model within tolerance (False: try every PTQ variant).
         sensitivity: ``"disable"`` (switch a layer's quantizers off in the best model) or
@@ -148,10 +168,18 @@ def auto(model: keras.Model, data: Any, eval_fn: Callable[[keras.Model], float],
         >>> report.met, report.best
         (True, 'ptq[percentile+bias_correction]')
     """
-    observers = list(observers)
+    observers = [observers] if isinstance(observers, str) else list(observers)
+    if isinstance(method_sets, str) or any(isinstance(m, str) for m in method_sets):
+        raise TypeError(f"method_sets={method_sets!r} must be a sequence of method sets, e.g. "
+                        "[('cle',), ('cle', 'bias_correction')]")
     method_sets = [tuple(m) for m in method_sets]
     _check_args(model, eval_fn, tolerance, observers, method_sets, sensitivity, fallback,
                 max_fallback_layers, qat_epochs)
+    _check_options(dict(ptq_options or {}), dict(adaround_options or {}))
+    if is_one_shot(data):
+        raise ValueError("auto runs PTQ several times and reads the calibration data each "
+                         "time; pass an array, a tf.data.Dataset or a list of batches, not a "
+                         "one-shot generator.")
     config = QuantConfig.coerce(config)
     base_options = {"verbose": verbose, **dict(ptq_options or {})}
     ada_options = dict(adaround_options or {})

@@ -70,8 +70,20 @@ def is_one_shot(data: Any) -> bool:
             and not tf.is_tensor(data) and isinstance(data, Iterator))
 
 
+def check_batching(batch_size: Any, steps: Any) -> None:
+    """Raises ``ValueError`` unless ``batch_size`` is a positive integer and ``steps`` one or
+    None."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
+                              or steps < 1):
+        raise ValueError(f"steps={steps!r} must be a positive integer or None.")
+
+
 def num_batches(data: Any, batch_size: int = 32, steps: int | None = None) -> int | None:
     """How many batches :func:`iter_batches` will yield, when that is known without reading."""
+    check_batching(batch_size, steps)
     count = None
     if isinstance(data, tf.data.Dataset):
         card = int(data.cardinality())
@@ -108,12 +120,7 @@ def iter_batches(data: Any, specs: list[InputSpec], batch_size: int = 32,
         >>> next(iter_batches(np.ones((5, 3), "float32"), input_specs(model), 2))[0].shape
         (2, 3)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
-            or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} must be a positive integer.")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, (int, np.integer))
-                              or steps < 1):
-        raise ValueError(f"steps={steps!r} must be a positive integer or None.")
+    check_batching(batch_size, steps)
     source = _source(data, specs, int(batch_size), steps)
     count = 0
     for x in source:
@@ -195,8 +202,10 @@ def _check_batch(x: Any, specs: list[InputSpec], index: int) -> list[np.ndarray]
         values = list(x)
     else:
         raise ValueError(f"{where}: the model has {len(specs)} inputs "
-                         f"({', '.join(s.describe() for s in specs)}); give one array per "
-                         f"input (a tuple or a dict keyed by name).")
+                         f"({', '.join(s.describe() for s in specs)}); give each batch as one "
+                         f"array per input (a tuple, or a dict keyed by input name). A tuple "
+                         f"or list at the top level is read as a list of batches: wrap a "
+                         f"single batch as [(x1, x2)], or pass a dict of arrays.")
     arrays = [_check_array(v, spec, where) for v, spec in zip(values, specs)]
     sizes = {a.shape[0] for a in arrays}
     if len(sizes) > 1:

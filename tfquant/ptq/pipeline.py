@@ -182,11 +182,12 @@ def ptq(model: keras.Model, data: Any = None, config: QuantConfig | str | dict =
     if data is None and not dynamic:
         raise ValueError("ptq needs calibration data for the activation ranges; pass data, or "
                          "config='dynamic_range' for a weight-only model.")
-    if data is not None and not dynamic and is_one_shot(data) and \
-            {"bias_correction", "adaround"} & set(methods):
-        raise ValueError("bias correction and AdaRound read the calibration data again; pass "
-                         "an array, a tf.data.Dataset or a list of batches, not a one-shot "
-                         "generator.")
+    rereads = "adaround" in methods or ("bias_correction" in methods
+                                        and opts.bias_correction != "analytic")
+    if data is not None and not dynamic and is_one_shot(data) and rereads:
+        raise ValueError("empirical bias correction and AdaRound read the calibration data "
+                         "again; pass an array, a tf.data.Dataset or a list of batches, not a "
+                         "one-shot generator (analytic bias correction does not).")
 
     report = PTQReport(DYNAMIC_RANGE if dynamic else
                        (config if isinstance(config, str) else type(config).__name__))
