@@ -350,6 +350,34 @@ def test_config_names_that_match_no_layer_raise_and_change_nothing():
     assert qmodel.get_layer("quant_dw_relu").output_quantizer.spec.bits == 6
 
 
+
+def test_a_layer_read_only_by_a_concatenate_is_rounded_once_by_it():
+    """TFLite computes such a layer directly on the concatenation's grid: no output quantizer
+    of its own (with one, Keras rounded twice). A layer read by other ops too, or a model
+    output, keeps its quantizer (TFLite requantizes it), and so does a fixed-range softmax."""
+    inp = keras.Input((8, 8, 3), name="image")
+    only = keras.layers.Conv2D(4, 3, padding="same", name="only")(inp)
+    fused = keras.layers.Conv2D(4, 3, padding="same", name="fused_conv")(inp)
+    fused = keras.layers.ReLU(name="fused_relu")(fused)
+    shared = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="shared")(inp)
+    side = keras.layers.Conv2D(4, 1, name="side")(shared)
+    cat = keras.layers.Concatenate(name="cat")([only, fused, shared])
+    head = keras.layers.Dense(3, name="head")(keras.layers.Flatten(name="flat")(cat))
+    model = keras.Model(inp, [head, side])
+    qmodel = tfquant.quantize_model(model)
+    report = qmodel.quantization_report
+    assert qmodel.get_layer("quant_only").output_quantizer is None
+    assert qmodel.get_layer("quant_fused_relu").output_quantizer is None
+    assert qmodel.get_layer("quant_fused_conv").output_quantizer is None
+    assert qmodel.get_layer("quant_shared").output_quantizer is not None
+    assert qmodel.get_layer("quant_cat").output_quantizer is not None
+    assert "rounded once, by 'cat'" in report["only"].detail
+    assert "output 8-bit" not in report["only"].detail
+    # no input quantizer was added in front of the Concatenate for the unquantized inputs
+    assert not [layer.name for layer in qmodel.layers if layer.name.endswith("_quantizer")
+                and not layer.name.startswith("image")]
+
+
 def test_first_last_bits():
     qmodel = tfquant.quantize_model(_cnn(), "lsq_w4a4")
     bits = {name: qmodel.get_layer(f"quant_{name}").weight_quantizers["kernel"].spec.bits

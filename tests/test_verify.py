@@ -379,3 +379,49 @@ def test_a_layer_called_twice_gets_no_per_layer_keras_figure():
     assert all(r.max_abs_diff_lsb <= 1 for r in compared), [(r.layer, r.max_abs_diff_lsb)
                                                             for r in compared]
     assert report.bit_exact_fraction == 1.0 and report.within_tolerance
+
+
+
+def _concat_model() -> keras.Model:
+    """c1 feeds both c2 and the concatenation (the converter requantizes it onto the concat's
+    grid with an int8 QUANTIZE); 'side' feeds only the concatenation (computed on its grid)."""
+    inp = keras.Input((8, 8, 3), name="img")
+    a = L.Conv2D(8, 3, padding="same", activation="relu", name="c1")(inp)
+    b = L.Conv2D(4, 3, padding="same", name="c2")(a)
+    side = L.Conv2D(8, 1, name="side")(inp)
+    return keras.Model(inp, [L.Concatenate(name="cat")([a, side]), b])
+
+
+def test_concatenation_inputs_match_tflite_and_a_requantize_is_not_the_layer():
+    """The concatenation's Keras output equals TFLite's on its 'side' half to TFLite's own
+    conv rounding (side is rounded once, on the concat grid, in both); the requantize the
+    converter inserts for c1 is its own row, c1 is matched to its CONV_2D (it was matched to
+    the QUANTIZE: a scale 2x off, and c2's local run fed the wrong tensor), and the model is
+    judged within tolerance."""
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    x = rng.random((64, 8, 8, 3)).astype(np.float32)
+    qmodel = tfquant.quantize_model(_concat_model())
+    tfquant.calibrate(qmodel, x, verbose=0)
+    flatbuffer = tfquant.export.tflite(qmodel, output_type="int8")
+
+    interp = Interpreter(model_content=flatbuffer,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    interp.resize_tensor_input(interp.get_input_details()[0]["index"], x.shape)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], x)
+    interp.invoke()
+    cat_out = [d for d in interp.get_output_details() if d["shape"][-1] == 16][0]
+    step, zero_point = cat_out["quantization"]
+    got = (interp.get_tensor(cat_out["index"]).astype(np.float64) - zero_point) * step
+    want = qmodel.predict(x, verbose=0)[0]
+    side_off = np.abs(got[..., 8:] - want[..., 8:]) / step
+    assert side_off.max() <= 1.001 and np.mean(side_off > 0.5) < 0.01
+
+    report = tfquant.verify(qmodel, flatbuffer, x, xnnpack=False)
+    rows = {r.layer: r for r in report.per_layer if r.layer}
+    assert rows["c1"].op == "CONV_2D"
+    assert [r.layer for r in report.per_layer if r.op == "QUANTIZE" and r.position > 0] == [None]
+    assert rows["c2"].keras_local_exact_fraction >= 0.99
+    assert "side" not in rows
+    assert report.bit_exact_fraction == 1.0 and report.within_tolerance

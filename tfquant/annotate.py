@@ -25,8 +25,8 @@ from keras.src.ops.operation import Operation
 
 from tfquant.layers.affine import batchnorm_carrier, split_affine
 from tfquant.layers.annotation import QuantizeAnnotate
-from tfquant.layers.registry import (FUSABLE_ACTIVATIONS, activation_name,
-                                     normalizes_last_axis, rule_for)
+from tfquant.layers.registry import (FIXED_OUTPUT_RANGES, FUSABLE_ACTIVATIONS,
+                                     activation_name, normalizes_last_axis, rule_for)
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer, make_quantizer
 from tfquant.report import LayerEntry, QuantizationReport
@@ -221,6 +221,7 @@ class _Decision:
     folded_into: str | None = None
     carrier: bool = False  # standalone BatchNormalization run as a folded 1x1 depthwise conv
     fused_activation: Any = None  # the activation layer fused into this weighted layer
+    rounded_by_consumer: bool = False  # no output quantizer: its Concatenate's rounds it
 
 
 def _consumers(model: keras.Model) -> dict[int, list[Any]]:
@@ -311,8 +312,47 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
             fusable_tail = isinstance(op, _FUSING_ELEMENTWISE)
         if fusable_tail:
             _try_fuse(op, tail, decision, consumers, plan)
+    _round_once_into_concatenations(flat, ordered, plan, consumers)
     _apply_first_last_bits(ordered, plan, config, annotations)
     return plan
+
+
+def _round_once_into_concatenations(flat: keras.Model, ordered, plan, consumers) -> None:
+    """Drops the output quantizer of a layer whose only consumer is a quantized Concatenate.
+
+    TFLite's CONCATENATION needs its inputs on its output grid. The converter computes such a
+    layer directly on that grid (one rounding) and requantizes only inputs that other ops read
+    too. Keras then rounds the layer once, by the Concatenate's quantizer, as TFLite does
+    (with both quantizers it rounded twice: ~5 % of values one step off).
+    """
+    outputs = {id(t._keras_history.operation) for t in flat.outputs}
+    for op in ordered:
+        if not isinstance(op, keras.layers.Concatenate) or plan[id(op)].action != "quantize":
+            continue
+        for producer in _producers(op):
+            decision = plan.get(id(producer))
+            if (decision is None or decision.action != "quantize"
+                    or not decision.quantize_output or id(producer) in outputs
+                    or _num_nodes(producer) != 1 or consumers.get(id(producer)) != [op]
+                    or _ends_with_quantizer_of_its_own(producer)):
+                continue
+            decision.quantize_output = False
+            decision.rounded_by_consumer = True
+            decision.reason = "; ".join(filter(None, [
+                decision.reason, f"output rounded once, by {op.name!r}'s quantizer (TFLite "
+                "computes it on the concatenation's grid)"]))
+
+
+def _producers(op) -> list[Any]:
+    node = op._inbound_nodes[0]
+    return [t._keras_history.operation for t in node.input_tensors]
+
+
+def _ends_with_quantizer_of_its_own(layer) -> bool:
+    """Layers whose output TFLite keeps on a fixed grid (softmax, logistic...)."""
+    if rule_for(layer).kind == "activation":
+        return activation_name(layer) in FIXED_OUTPUT_RANGES
+    return activation_name(getattr(layer, "activation", None)) in FIXED_OUTPUT_RANGES
 
 
 # element-wise ops into which TFLite fuses a following ReLU / ReLU6 (layers and keras.ops)
@@ -467,7 +507,9 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
             outputs = quantizer(outputs)
         inputs_quantized = all(id(t) in quantized for t in inputs
                                if isinstance(t, keras.KerasTensor))
-        if isinstance(layer, QuantizeWrapper):
+        if decision is not None and decision.rounded_by_consumer:
+            is_quantized = True          # the consumer's (a Concatenate's) quantizer rounds it
+        elif isinstance(layer, QuantizeWrapper):
             is_quantized = layer.output_quantizer is not None
         elif quantized_op:
             is_quantized = decision.quantize_output
@@ -501,7 +543,7 @@ def _describe(decision: _Decision, layer, plan) -> str:
         a = plan[id(act)].spec.activations
         parts.append(f"output quantized after fused activation {act.name!r} {a.bits}-bit "
                      f"({a.learner})")
-    elif spec is not None and spec.activations is not None:
+    elif spec is not None and spec.activations is not None and not decision.rounded_by_consumer:
         a = spec.activations
         parts.append(f"output {a.bits}-bit ({a.learner})")
     if decision.reason:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.verify.execute import (collect_inputs, io_details, keras_order,
                                     run_interpreter, tflite_inputs)
 from tfquant.verify.local import local_outputs
@@ -58,16 +59,25 @@ def _describe(flatbuffer: bytes) -> tuple[list[dict], dict[int, dict], dict[int,
     for op in interpreter._get_ops_details():  # noqa: SLF001 - the public API has no op list
         if op["op_name"] == "DEQUANTIZE":
             dequantized[int(op["outputs"][0])] = int(op["inputs"][0])
-        # the op whose arithmetic produced the values (reshapes only move them)
-        source = op["op_name"]
-        if source in _RESHAPES and len(op["inputs"]) and int(op["inputs"][0]) in computed_by:
-            source = computed_by[int(op["inputs"][0])]
+        inputs = [int(i) for i in op["inputs"] if int(i) >= 0]
+        # a QUANTIZE of an integer tensor moves values to another grid (the converter inserts
+        # one where a tensor feeds an op that needs its inputs on a shared grid)
+        requantize = op["op_name"] == "QUANTIZE" and bool(inputs) and \
+            tensors[inputs[0]]["dtype"] in _ACTIVATION_DTYPES
+        # the op whose arithmetic produced the values (reshapes only move them; a concatenation
+        # copies its inputs, some of which a requantize may have rounded)
+        source = "REQUANTIZE" if requantize else op["op_name"]
+        if source in _RESHAPES and inputs and inputs[0] in computed_by:
+            source = computed_by[inputs[0]]
+        if source == "CONCATENATION" and any(computed_by.get(i) == "REQUANTIZE" for i in inputs):
+            source = "REQUANTIZE"
         for index in op["outputs"]:
             computed_by[int(index)] = source
             detail = tensors.get(int(index))
             if detail is not None and detail["dtype"] in _ACTIVATION_DTYPES:
                 rows.append({"position": int(op["index"]), "op": op["op_name"],
-                             "index": int(index), "computed_by": source})
+                             "index": int(index), "computed_by": source,
+                             "requantize": bool(requantize)})
     return rows, tensors, dequantized
 
 
@@ -237,12 +247,16 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
     # Keras, its layers matched to TFLite tensors
     layers = _keras_layers(qmodel)
     names = [layer.name for layer in layers]
-    matched = match_tensors([(r["index"], tensors[r["index"]]["name"]) for r in rows], names) \
+    matched = match_tensors([(r["index"], tensors[r["index"]]["name"]) for r in rows], names,
+                            requantized={r["index"] for r in rows if r["requantize"]}) \
         if per_layer else {}
-    # A layer called more than once has one Keras output per call, and ``layer.output`` is the
-    # first call's: no per-layer Keras figure for its ops (the model outputs still compare).
-    shared = {layer.name for layer in layers if len(getattr(layer, "_inbound_nodes", ())) > 1}
-    matched = {index: name for index, name in matched.items() if name not in shared}
+    # No per-layer Keras figure for a layer called more than once (one Keras output per call,
+    # and ``layer.output`` is the first call's) or for a quantized layer without an output
+    # quantizer (an activation fused into it, or a Concatenate, rounds it: its output is float).
+    unmatched = {layer.name for layer in layers
+                 if len(getattr(layer, "_inbound_nodes", ())) > 1
+                 or (isinstance(layer, QuantizeWrapper) and layer.output_quantizer is None)}
+    matched = {index: name for index, name in matched.items() if name not in unmatched}
     pre = _pre_activation_tensors(rows, tensors, layers, matched) if per_layer else {}
     keras_out, keras_layers, keras_pre = _run_keras(
         qmodel, xs, sorted(set(matched.values()), key=names.index), sorted(set(pre.values())),

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Collection, Sequence
 
 _SUFFIX = re.compile(r"^(.*)_\d+$")
 
@@ -43,13 +43,17 @@ def layer_for_tensor(tensor_name: str, layer_names: Sequence[str]) -> str | None
     return best
 
 
-def match_tensors(tensors: Sequence[tuple[int, str]],
-                  layer_names: Sequence[str]) -> dict[int, str]:
+def match_tensors(tensors: Sequence[tuple[int, str]], layer_names: Sequence[str],
+                  requantized: Collection[int] = ()) -> dict[int, str]:
     """Maps TFLite tensor index -> Keras layer name for the tensors that are layer outputs.
 
     Args:
         tensors: ``(index, name)`` of the op outputs, in execution order.
         layer_names: the Keras layers in model order.
+        requantized: tensors of requantize ops (an int8 QUANTIZE the converter inserts to move
+            a layer's output onto the grid of an op that shares its inputs' parameters); they
+            carry the layer's name but not its quantizer's grid, so they stand for the layer
+            only when no other tensor does.
 
     Returns:
         One entry per matched layer: the last tensor (in execution order) that names it.
@@ -57,6 +61,6 @@ def match_tensors(tensors: Sequence[tuple[int, str]],
     last: dict[str, int] = {}
     for index, name in tensors:
         layer = layer_for_tensor(name, layer_names)
-        if layer is not None:
+        if layer is not None and (index not in requantized or layer not in last):
             last[layer] = index
     return {index: layer for layer, index in last.items()}
