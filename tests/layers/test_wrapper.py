@@ -73,10 +73,18 @@ def test_non_fusable_activation_gets_two_quantizers_and_fixed_range(activation, 
     np.testing.assert_allclose(got, expected, atol=1e-6)
 
 
-def test_fixed_output_range_only_for_8_bits(rng):
-    layer = keras.layers.Dense(3, activation="sigmoid")
-    w = _wrap(layer, rng.normal(size=(2, 4)).astype(np.float32),
+def test_fixed_output_range_for_8_and_16_bits_only(rng):
+    """TFLite's int16 LOGISTIC/TANH/SOFTMAX write scale 1/32768 with zero point 0 (the int8
+    ones their own fixed ranges); other widths keep a learned range."""
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    w = _wrap(keras.layers.Dense(3, activation="sigmoid"), x,
               acts=TensorSpec(bits=16, symmetric=True))
+    params = w.output_quantizer.quant_params()
+    assert w.output_quantizer.spec.learner == "fixed"
+    np.testing.assert_allclose(params.scale, 1.0 / 32768.0, rtol=1e-7)
+    assert int(np.asarray(params.zero_point)) == 0
+    w = _wrap(keras.layers.Dense(3, activation="sigmoid"), x,
+              acts=TensorSpec(bits=12, symmetric=True))
     assert w.output_quantizer.spec.learner == "ema"
 
 

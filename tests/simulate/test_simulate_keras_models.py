@@ -293,3 +293,71 @@ def test_from_path(models, tmp_path):
 def test_concurrent_calls_must_be_positive(runs):
     with pytest.raises(ValueError, match="concurrent_calls must be >= 1, got 0"):
         IntegerModel.from_tflite(runs.models["wide_dense"], concurrent_calls=0)
+
+
+def _interpreter_all(flatbuffer: bytes, feeds: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """Every tensor of a reference-kernel run fed by signature name, and the outputs by name."""
+    interp = Interpreter(model_content=flatbuffer,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                         experimental_preserve_all_tensors=True)
+    runner = interp.get_signature_runner()
+    outputs = runner(**feeds)
+    tensors = {}
+    for op in interp._get_ops_details():  # noqa: SLF001
+        for index in op["outputs"]:
+            tensors[int(index)] = interp.get_tensor(int(index))
+    return tensors, outputs
+
+
+def test_multi_input_model_takes_inputs_by_signature_name():
+    """Two same-shaped inputs whose flatbuffer order differs from the Keras order: a dict keyed
+    by the signature (Keras) names feeds each where it belongs, as the interpreter's signature
+    runner does; positional calls follow ``input_names``."""
+    keras.utils.set_random_seed(2)
+    rng = np.random.default_rng(2)
+    first, second = L.Input((6,), name="first"), L.Input((6,), name="second")
+    out = L.Dense(3)(L.Concatenate()([L.Dense(4)(first), L.Dense(4, activation="relu")(second)]))
+    model = keras.Model([first, second], out)
+    a = rng.normal(size=(32, 6)).astype(np.float32)
+    b = (3.0 * rng.normal(size=(32, 6))).astype(np.float32)
+
+    def data():
+        for i in range(8):
+            yield [a[i:i + 1], b[i:i + 1]]
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = data
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    flatbuffer = converter.convert()
+    sim = IntegerModel.from_tflite(flatbuffer)
+    assert sorted(sim.input_names) == ["first", "second"]
+    _, ref = _interpreter_all(flatbuffer, {"first": a, "second": b})
+    (ref_out,) = ref.values()
+    np.testing.assert_array_equal(sim({"first": a, "second": b}), ref_out)
+    positional = [{"first": a, "second": b}[name] for name in sim.input_names]
+    np.testing.assert_array_equal(sim(*positional), ref_out)
+    with pytest.raises(ValueError, match="unknown input name"):
+        sim({"first": a, "second": b, "third": a})
+    with pytest.raises(ValueError, match="no value for input"):
+        sim({"first": a})
+
+
+def test_return_all_keeps_every_row_of_a_sequence_intermediate():
+    """A Dense on a sequence runs as FULLY_CONNECTED on [batch * steps, channels]: run(...,
+    return_all=True) returns all of those rows (it returned the first ``batch`` only)."""
+    keras.utils.set_random_seed(4)
+    x = np.random.default_rng(4).normal(size=(8, 10, 6)).astype(np.float32)
+    import tfquant
+
+    qmodel = tfquant.quantize_model(
+        keras.Sequential([keras.Input((10, 6)), L.Dense(7), L.Flatten(), L.Dense(3)]))
+    tfquant.calibrate(qmodel, x, verbose=0)
+    flatbuffer = tfquant.export.tflite(qmodel)    # Dense on [8, 10, 6]: FC on [80, 6]
+    sim = IntegerModel.from_tflite(flatbuffer)
+    (name,) = sim.input_names
+    tensors, _ = _interpreter_all(flatbuffer, {name: x})
+    got = sim.run({name: x}, return_all=True)
+    checked = [i for i in got if i in tensors]
+    assert any(tensors[i].shape[0] == 80 for i in checked)
+    for i in checked:
+        np.testing.assert_array_equal(got[i], tensors[i])

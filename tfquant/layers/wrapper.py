@@ -33,10 +33,15 @@ from tfquant.quantizers.minmax import MinMaxQuantizer
 from tfquant.specs import LayerSpec, TensorSpec
 
 
+#: TFLite's int16 LOGISTIC, TANH and SOFTMAX write scale 1/32768, zero point 0.
+FIXED_OUTPUT_RANGE_INT16 = (-1.0, 32767.0 / 32768.0)
+
+
 def output_spec(spec: TensorSpec, activation: str) -> TensorSpec:
-    """The activation spec, replaced by TFLite's fixed range after sigmoid/softmax/tanh (int8)."""
-    if activation in FIXED_OUTPUT_RANGES and spec.bits == 8:
-        lo, hi = FIXED_OUTPUT_RANGES[activation]
+    """The activation spec, replaced by TFLite's fixed range after sigmoid/softmax/tanh (the
+    int8 ranges of ``FIXED_OUTPUT_RANGES``; ``[-1, 32767/32768]`` for int16)."""
+    if activation in FIXED_OUTPUT_RANGES and spec.bits in (8, 16):
+        lo, hi = FIXED_OUTPUT_RANGES[activation] if spec.bits == 8 else FIXED_OUTPUT_RANGE_INT16
         return spec.replace(learner="fixed", symmetric=False, per_axis=False, init_min=lo,
                             init_max=hi, quant_start_step=0)
     return spec

@@ -101,6 +101,7 @@ class _Builder:
             dtype = "float32" if self.input_type == "float32" else "int8"
             self.values[id(t)] = _Value(self.new_tensor(t.name, t.shape, dtype))
             self.graph.inputs.append(self.values[id(t)].index)
+            self.graph.input_names[t.name] = self.values[id(t)].index
         for layer in _ordered_layers(model):
             if isinstance(layer, L.InputLayer):
                 continue

@@ -140,6 +140,9 @@ class Graph:
     ops: list[Op] = dataclasses.field(default_factory=list)
     inputs: list[int] = dataclasses.field(default_factory=list)
     outputs: list[int] = dataclasses.field(default_factory=list)
+    #: name -> input tensor id: the serving signature's input names (a .tflite) or the Keras
+    #: input names (from_keras), besides the tensor names
+    input_names: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def add_tensor(self, info: TensorInfo) -> None:
         """Registers a tensor under its index."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -171,9 +171,34 @@ class IntegerModel:
     def inputs(self) -> list[TensorInfo]:
         """The graph's input tensors (dtype, shape, scale, zero point), in the order calls take
         them: the flatbuffer's order for :meth:`from_tflite` (which, like the TFLite interpreter's
-        ``get_input_details()``, can differ from the Keras model's), the Keras order for
-        :meth:`from_keras`."""
+        ``get_input_details()``, can differ from the Keras model's: pass a dict keyed by
+        :attr:`input_names` to be safe), the Keras order for :meth:`from_keras`."""
         return [self.graph.tensors[i] for i in self.graph.inputs]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names a dict of inputs may use, in the order calls take the inputs: the serving
+        signature's (a Keras export's input names) or, without one, the tensor names."""
+        by_index = {index: name for name, index in self.graph.input_names.items()}
+        return [by_index.get(i, self.graph.tensors[i].name) for i in self.graph.inputs]
+
+    def _positional(self, xs: Sequence[Any]) -> Sequence[Any]:
+        """``xs``, or the values of a single dict argument in input order (by
+        :attr:`input_names` or tensor name)."""
+        if len(xs) != 1 or not isinstance(xs[0], Mapping):
+            return xs
+        given = dict(xs[0])
+        ordered = []
+        for index, name in zip(self.graph.inputs, self.input_names):
+            tensor_name = self.graph.tensors[index].name
+            key = name if name in given else tensor_name if tensor_name in given else None
+            if key is None:
+                raise ValueError(f"no value for input {name!r}; inputs: {self.input_names}")
+            ordered.append(given.pop(key))
+        if given:
+            raise ValueError(f"unknown input name(s) {sorted(given)}; inputs: "
+                             f"{self.input_names}")
+        return ordered
 
     @property
     def outputs(self) -> list[TensorInfo]:
@@ -274,12 +299,15 @@ class IntegerModel:
         """Runs the model on a batch; returns the output array (a list for several outputs).
 
         Args:
-            *xs: one array per model input, shaped ``(batch, ...)``: int8 values for int8 inputs,
-                float values for float inputs (the model's QUANTIZE op then runs).
+            *xs: one array per model input, shaped ``(batch, ...)``, in the order of
+                :attr:`inputs`, or one dict keyed by :attr:`input_names` (the safe way for a
+                multi-input ``.tflite``, whose order can differ from the Keras model's): int8
+                values for int8 inputs, float values for float inputs (the model's QUANTIZE op
+                then runs).
         """
         pieces = self._map_chunks(lambda parts, valid: [y.numpy()[:valid]
                                                         for y in self._fn(*parts)],
-                                  self._chunks(self._prepare(xs)))
+                                  self._chunks(self._prepare(self._positional(xs))))
         outputs = [np.concatenate(p) for p in zip(*pieces)]
         return outputs[0] if len(outputs) == 1 else outputs
 
@@ -307,10 +335,12 @@ class IntegerModel:
                 values = {int(k): v for k, v in self._fn_all(*parts).items()}
             else:
                 values = dict(zip(self.graph.outputs, self._fn(*parts)))
-            return {index: value.numpy()[:valid] for index, value in values.items()}
+            return {index: _valid_rows(value.numpy(), int(parts[0].shape[0]), valid)
+                    for index, value in values.items()}
 
         pieces: dict[int, list[np.ndarray]] = {}
-        for values in self._map_chunks(one_chunk, self._chunks(self._prepare(xs))):
+        chunks = self._chunks(self._prepare(self._positional(xs)))
+        for values in self._map_chunks(one_chunk, chunks):
             for index, value in values.items():
                 pieces.setdefault(index, []).append(value)
         values = {index: np.concatenate(p) for index, p in pieces.items()}
@@ -320,3 +350,12 @@ class IntegerModel:
         return {(self.graph.tensors[i].name if self.graph.tensors[i].name
                  and names.count(self.graph.tensors[i].name) == 1 else f"#{i}"): v
                 for i, v in values.items()}
+
+
+def _valid_rows(value: np.ndarray, chunk: int, valid: int) -> np.ndarray:
+    """The rows of ``value`` that belong to the first ``valid`` samples of a chunk of ``chunk``
+    (an intermediate of a Dense on sequences has ``steps`` rows per sample: ``[batch * steps,
+    channels]``)."""
+    if value.ndim == 0 or value.shape[0] == chunk or value.shape[0] % chunk:
+        return value[:valid] if value.ndim and value.shape[0] == chunk else value
+    return value[:valid * (value.shape[0] // chunk)]

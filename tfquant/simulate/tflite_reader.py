@@ -308,6 +308,7 @@ class _Reader:
             self.graph.ops.append(ir_op)
         self.graph.inputs = [int(i) for i in self.subgraph.inputs]
         self.graph.outputs = [int(i) for i in self.subgraph.outputs]
+        self.graph.input_names = self.signature_input_names()
         for i in self.graph.inputs:
             try:
                 self.add_activation(i)
@@ -320,6 +321,19 @@ class _Reader:
                 + ", ".join(unique))
         self.graph.validate()
         return self.graph
+
+    def signature_input_names(self) -> dict[str, int]:
+        """The serving signature's input names -> tensor ids (empty without one signature of
+        the first subgraph; a Keras export names them after the Keras inputs)."""
+        signatures = [d for d in (self.model.signatureDefs or [])
+                      if int(getattr(d, "subgraphIndex", 0) or 0) == 0]
+        if len(signatures) != 1:
+            return {}
+        names = {}
+        for item in signatures[0].inputs or []:
+            name = item.name.decode() if isinstance(item.name, bytes) else str(item.name)
+            names[name] = int(item.tensorIndex)
+        return names if sorted(names.values()) == sorted(self.graph.inputs) else {}
 
     def activation(self, options: Any) -> str:
         code = getattr(options, "fusedActivationFunction", 0) if options is not None else 0

@@ -340,7 +340,8 @@ def verify(qmodel: Any, tflite: str | os.PathLike | bytes, data: Any, *, per_lay
             keras_exact_fraction=k_exact, keras_local_exact_fraction=k_local,
             max_abs_diff_lsb=k_max, within_1lsb_fraction=k_within,
             keras_local_max_diff_lsb=k_local_max,
-            computed_by=r["computed_by"] if r["computed_by"] != r["op"] else None))
+            computed_by=r["computed_by"] if r["computed_by"] != r["op"] else None,
+            bits=16 if np.dtype(detail["dtype"]) == np.int16 else 8))
 
     return VerificationReport(
         samples=len(xs[0]),

@@ -47,6 +47,10 @@ MIN_LOCAL_EXACT = 0.99
 #:   above the exactly rounded value. A CONCATENATION of such values gets the same bound.
 ROUNDING_TOLERANCE_LSB = {"MEAN": 1.0, "AVERAGE_POOL_2D": 0.5, "LEAKY_RELU": 1.0,
                           "REQUANTIZE": 1.0}
+#: int16 activations (int16x8 mode): the 16-bit kernels requantize with the same fixed-point
+#: double rounding, which leaves ~5 % of a convolution's outputs one 16-bit step (1/65536 of
+#: the range) from the once-rounded value; such a layer is faithful within one step everywhere.
+INT16_TOLERANCE_LSB = 1.0
 
 
 @dataclasses.dataclass
@@ -74,6 +78,7 @@ class LayerComparison:
             reference kernels' inputs (None without a local run).
         computed_by: for a reshape of another op's output (a 1-D pooling runs as EXPAND_DIMS,
             the 2-D op, then a RESHAPE), that op; None when ``op`` computed the values.
+        bits: the tensor's integer width (16 in int16x8 mode).
     """
 
     position: int
@@ -89,6 +94,7 @@ class LayerComparison:
     within_1lsb_fraction: float | None
     keras_local_max_diff_lsb: float | None = None
     computed_by: str | None = None
+    bits: int = 8
 
     def locally_faithful(self) -> bool | None:
         """Whether the Keras layer reproduces this op, fed the op's own inputs: exact on
@@ -100,14 +106,24 @@ class LayerComparison:
         if self.keras_local_exact_fraction >= MIN_LOCAL_EXACT:
             return True
         bound = ROUNDING_TOLERANCE_LSB.get(self.computed_by or self.op)
+        if self.bits == 16:
+            bound = max(bound or 0.0, INT16_TOLERANCE_LSB)
         return (bound is not None and self.keras_local_max_diff_lsb is not None
                 and self.keras_local_max_diff_lsb <= bound + 1e-3)
 
 
 def lsb_diff(a: np.ndarray, b: np.ndarray, scale: float | None) -> np.ndarray:
-    """``|a - b|`` in steps of ``scale`` (float64; raw difference when scale is None)."""
+    """``|a - b|`` in steps of ``scale`` (float64; raw difference when scale is None).
+
+    Within 0.01 of a whole number of steps the result is that number: float32 values on a
+    16-bit grid carry rounding of ~1e-3 steps (``1.001`` is one step).
+    """
     diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    return diff / float(scale) if scale else diff
+    if not scale:
+        return diff
+    steps = diff / float(scale)
+    whole = np.round(steps)
+    return np.where(np.abs(steps - whole) < 0.01, whole, steps)
 
 
 def within_1lsb(diff_lsb: np.ndarray) -> float:
