@@ -261,6 +261,20 @@ def test_verify_mismatch_exit_code(files, quantized, capsys):
     assert "result: FAIL" in out and not err.strip().startswith("tfquant")
 
 
+
+def test_verify_zero_lsb_tolerance_means_identical_outputs(files, quantized, capsys):
+    """--tolerance-lsb 0 is accepted (it was refused as not positive): PASS only when Keras and
+    TFLite outputs are identical."""
+    import re
+
+    qmodel, tflite = quantized
+    code, out, err = run_main(capsys, "verify", qmodel, tflite, "--data", files / "calib.npy",
+                              "--tolerance-lsb", "0")
+    lsb = float(re.search(r"max \|diff\|: ([0-9.e+-]+) LSB", out).group(1))
+    assert code == (0 if lsb == 0 else 1), (out, err)
+    assert ("result: PASS" if lsb == 0 else "result: FAIL") in out
+
+
 def test_verify_bad_input(files, quantized, tmp_path):
     qmodel, _ = quantized
     proc = run_cli("verify", qmodel, files / "corrupt.tflite", "--data", files / "calib.npy",
@@ -330,6 +344,14 @@ def test_analyze_subclassed_model(files, tmp_path):
      ["--saved-model output", "exists"]),
     (["export", "{q.keras}", "-o", "{out}/e.tflite", "--mode", "int16x8"],
      ["cannot be exported to TFLite int16x8", "16-bit activations"]),
+    # I/O types the mode cannot give: refused before the model is even read
+    (["export", "{corrupt.keras}", "-o", "{out}/e.tflite", "--mode", "dynamic_range",
+      "--input-type", "int8"], ["--input-type int8", "dynamic_range", "['float32']"]),
+    (["export", "{q.keras}", "-o", "{out}/e.tflite", "--input-type", "int16"],
+     ["--input-type int16", "mode int8", "['float32', 'int8', 'uint8']"]),
+    (["quantize", "{float.keras}", "--calibration", "{calib.npy}", "-o", "{out}/q.keras",
+      "--tflite", "{out}/q.tflite", "--mode", "int16x8", "--input-type", "uint8"],
+     ["--input-type uint8", "int16x8", "['float32', 'int16']"]),
     (["verify", "{q.keras}", "{out}/missing.tflite", "--data", "{calib.npy}"],
      ["TFLite file", "does not exist"]),
     (["verify", "{float.keras}", "{q.tflite}", "--data", "{calib.npy}"], ["float model"]),
@@ -351,7 +373,7 @@ def test_analyze_subclassed_model(files, tmp_path):
     (["export", "{q.keras}", "-o", "{out}/e.tflite", "--encodings", "{out}/e.json", "--h5",
       "{out}/e.h5", "--mode", "int16x8"], ["cannot be exported to TFLite int16x8"]),
     (["verify", "{q.keras}", "{q.tflite}", "--data", "{calib.npy}", "--tolerance-lsb", "-1"],
-     ["--tolerance-lsb", "expected a positive number"]),
+     ["--tolerance-lsb", "expected a number >= 0"]),
     (["verify", "{q.keras}", "{q.tflite}", "--data", "{calib.npy}", "--json", "{out}/v.txt"],
      ["--json output", "must end in .json"]),
     (["demo", "--float-epochs", "0"], ["--float-epochs", "expected a positive integer"]),
@@ -377,6 +399,51 @@ def test_failed_quantize_keeps_existing_outputs(files, tmp_path, capsys):
     assert code == EXIT_ERROR and "int16x8" in error_line(err, "quantize")
     assert out.read_bytes() == b"earlier model" and tflite.read_bytes() == b"earlier tflite"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.keras", "q.tflite"]
+
+
+@pytest.mark.parametrize("failing", ["keras_h5", "saved_model"])
+def test_failed_export_writes_nothing(files, quantized, tmp_path, capsys, monkeypatch, failing):
+    """A writer failing after the TFLite model, and another output, were written (to their
+    temporary paths) leaves every destination as it was and no temporary file behind."""
+    import tfquant
+
+    def broken(qmodel, path, **kwargs):
+        target = os.path.join(path, "saved_model.pb") if os.path.isdir(path) else path
+        with open(target, "wb") as f:
+            f.write(b"half written")
+        raise RuntimeError("injected failure")
+
+    monkeypatch.setattr(tfquant.export, failing, broken)
+    qmodel, _ = quantized
+    out = tmp_path / "e.tflite"
+    out.write_bytes(b"earlier tflite")
+    code, stdout, err = run_main(capsys, "export", qmodel, "-o", out, "--h5", tmp_path / "e.h5",
+                                 "--saved-model", tmp_path / "sm", "--encodings",
+                                 tmp_path / "e.json")
+    assert code == 3 and "injected failure" in error_line(err, "export"), err
+    assert "wrote" not in stdout
+    assert out.read_bytes() == b"earlier tflite"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.tflite"]
+
+
+def test_export_model_with_keras_ops(tmp_path, capsys):
+    """A Functional model with a keras.ops call between layers: every format is written."""
+    import tfquant
+
+    inp = keras.Input((4,), name="x")
+    h = keras.ops.add(keras.layers.Dense(4, name="a")(inp), keras.layers.Dense(4, name="b")(inp))
+    qmodel = tfquant.quantize_model(keras.Model(inp, keras.layers.Dense(2, name="head")(h)))
+    tfquant.calibrate(qmodel, np.random.default_rng(0).random((16, 4), np.float32), verbose=0)
+    qmodel.save(tmp_path / "q.keras")
+    names = ["m.tflite", "m.h5", "sm", "m.json"]
+    code, stdout, err = run_main(capsys, "export", tmp_path / "q.keras", "-o",
+                                 tmp_path / names[0], "--h5", tmp_path / names[1],
+                                 "--saved-model", tmp_path / names[2], "--encodings",
+                                 tmp_path / names[3], "-q")
+    assert code == 0, err
+    assert [line.split()[1] for line in stdout.splitlines()] == [str(tmp_path / n)
+                                                                 for n in names]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names + ["q.keras"])
 
 
 def _expand(arg: str, files: Path, out: Path) -> str:

@@ -249,6 +249,34 @@ def test_round_trip_from_scale_and_offset_only(configured, data):
                                atol=1.01 * lsb, rtol=0)
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+def test_scale_and_offset_only_into_a_fresh_quantize_model(config, data):
+    """Another tool's file (no "tfquant" state) into an uncalibrated model: whether a
+    quantizer is symmetric comes from its spec, not from its initial range (for "ema" and
+    LSQ+ activations that range is symmetric, -init_max..init_max, its quantizers are not)."""
+    x = data[:16]
+    source = tfquant.quantize_model(_float_model(), config)
+    tfquant.calibrate(source, data, verbose=0)  # ranges from data; weights and BN untouched
+    want = source.predict(x, verbose=0)
+    doc = encodings(source, version="1.0.0")
+    doc.pop("tfquant")
+    assert any(e["offset"][0] != -128 for e in doc["activation_encodings"]
+               if e["bw"] == 8)  # asymmetric 8-bit encodings are in the file
+
+    fresh = tfquant.quantize_model(_float_model(), config)
+    assert not np.allclose(fresh.predict(x, verbose=0), want, rtol=0, atol=1e-3)
+    load_encodings(fresh, doc)
+    for mine, theirs in zip(encoding_targets(source), encoding_targets(fresh)):
+        assert mine.name == theirs.name
+        p, r = mine.quantizer.quant_params(), theirs.quantizer.quant_params()
+        np.testing.assert_array_equal(r.zero_point, p.zero_point, err_msg=mine.name)
+        np.testing.assert_allclose(r.scale, p.scale, rtol=1e-5, err_msg=mine.name)
+    lsb = 1.0 / 256.0  # softmax output grid
+    got = fresh.predict(x, verbose=0)
+    np.testing.assert_allclose(got, want, atol=1.01 * lsb, rtol=0)
+    assert np.mean(got == want) > 0.9
+
+
 # ------------------------------------------------------------------- bad input
 def test_every_mismatch_listed_and_model_unchanged(data):
     qmodel = _quantized("lsq_w4a4", data)

@@ -15,7 +15,6 @@ import contextlib
 import io
 import logging
 import os
-import tempfile
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -123,6 +122,11 @@ def positive_float(text: str) -> float:
     return _number(text, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0."""
+    return _number(text, float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """``--max-samples``, ``--image-range``, ``--batch-size``."""
     from tfquant.cli.data import IMAGE_RANGES
@@ -157,17 +161,16 @@ def check_output(path: str, suffixes: tuple[str, ...] | None, what: str) -> str:
     return check_output_path(path)
 
 
-def save_keras(model, path: str) -> None:
-    """Saves ``model`` to ``path`` through a temporary file (no partial file on failure)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".partial.keras")
-    os.close(fd)
+def check_tflite_types(mode: str, input_type: str) -> None:
+    """Checks ``--input-type`` against the TFLite ``mode`` before anything is computed
+    (:func:`tfquant.export.tflite.check_io_types`)."""
+    from tfquant.export.tflite import check_io_types
+
     try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        check_io_types(mode, input_type)
+    except ValueError as err:
+        raise CLIError(f"--input-type {input_type} cannot be used with mode {mode}: "
+                       f"{err}") from None
 
 
 def export_tflite(args: argparse.Namespace, qmodel, path: str | None, input_type: str,

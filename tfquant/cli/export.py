@@ -1,7 +1,10 @@
 """``tfquant export``: write a quantized model as TFLite, .h5, SavedModel and encodings.
 
 Every output path is checked, and the TFLite model and the encodings are computed in memory,
-before the first file is written: a conversion failure leaves no file behind.
+before the first file is written. Every output is then written to a temporary path beside its
+destination (:func:`tfquant.export.paths.staged_outputs`) and moved into place only once all
+of them have been written: a failure in any of them leaves every destination as it was and no
+temporary file behind.
 
 Example:
     $ tfquant export q.keras -o q.tflite --input-type int8 --encodings q.json
@@ -14,7 +17,7 @@ import json
 import os
 
 from tfquant.cli.common import (EXIT_OK, RAW, CLIError, add_common, check_output,
-                                export_tflite, muted, say)
+                                check_tflite_types, export_tflite, muted, say)
 from tfquant.cli.loading import load_model
 
 
@@ -58,6 +61,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
                        "--encodings")
     if args.output:
         check_output(args.output, (".tflite",), "output")
+        check_tflite_types(args.mode, args.input_type)
     if args.h5:
         check_output(args.h5, (".h5", ".hdf5"), "--h5 output")
     if args.saved_model:
@@ -75,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
     """Loads ``args.qmodel`` and writes every requested output."""
     import tfquant
     from tfquant.analysis.sensitivity import is_quantized
-    from tfquant.export.paths import write_atomic
 
     _check_outputs(args)
     dynamic = args.mode == "dynamic_range"
@@ -92,19 +95,36 @@ def run(args: argparse.Namespace) -> int:
     if args.encodings:
         kwargs = {} if args.encodings_version is None else {"version": args.encodings_version}
         doc = tfquant.export.encodings(qmodel, **kwargs)
-
-    if flatbuffer is not None:
-        write_atomic(args.output, flatbuffer)
-        print(f"wrote {args.output} ({len(flatbuffer)} bytes)")
-    if args.h5:
-        with muted(args):
-            tfquant.export.keras_h5(qmodel, args.h5)
-        print(f"wrote {args.h5}")
-    if args.saved_model:
-        with muted(args):
-            tfquant.export.saved_model(qmodel, args.saved_model)
-        print(f"wrote {args.saved_model}")
-    if doc is not None:
-        write_atomic(args.encodings, json.dumps(doc, indent=1))
-        print(f"wrote {args.encodings}")
+    for line in _write_outputs(args, qmodel, flatbuffer, doc):
+        print(line)
     return EXIT_OK
+
+
+def _write_outputs(args: argparse.Namespace, qmodel, flatbuffer: bytes | None,
+                   doc: dict | None) -> list[str]:
+    """Writes every output through temporary paths; moves them into place only when all of
+    them are written (a failure leaves every destination as it was).
+
+    Returns:
+        The ``wrote PATH`` lines (TFLite, .h5, SavedModel, encodings; those requested).
+    """
+    import tfquant
+    from tfquant.export.paths import staged_outputs
+
+    wrote = []
+    with staged_outputs() as stage:
+        if flatbuffer is not None:
+            stage.write(args.output, flatbuffer)
+            wrote.append(f"wrote {args.output} ({len(flatbuffer)} bytes)")
+        if args.h5:
+            with muted(args):
+                tfquant.export.keras_h5(qmodel, stage.path(args.h5))
+            wrote.append(f"wrote {args.h5}")
+        if args.saved_model:
+            with muted(args):
+                tfquant.export.saved_model(qmodel, stage.path(args.saved_model, directory=True))
+            wrote.append(f"wrote {args.saved_model}")
+        if doc is not None:
+            stage.write(args.encodings, json.dumps(doc, indent=1))
+            wrote.append(f"wrote {args.encodings}")
+    return wrote

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 
 from tfquant.cli.common import (EXIT_OK, RAW, CLIError, add_common, add_data_options,
-                                check_output, export_tflite, non_negative, positive,
-                                positive_float, save_keras, say, verbosity)
+                                check_output, check_tflite_types, export_tflite,
+                                non_negative, positive, positive_float, say, verbosity)
 from tfquant.cli.loading import load_config, load_data, load_model
 
 DEFAULT_METHODS = "cle,bias_correction"
@@ -155,7 +155,7 @@ def _ptq(args: argparse.Namespace, model, config, methods, x):
 
 def run(args: argparse.Namespace) -> int:
     """Quantizes ``args.model``; writes ``args.output`` (and ``args.tflite``)."""
-    from tfquant.export.paths import write_atomic
+    from tfquant.export.paths import staged_outputs
 
     out = check_output(args.output, (".keras",), "output")
     if args.tflite:
@@ -172,17 +172,21 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if qat and config == "dynamic_range":
         raise CLIError("--config dynamic_range is weight-only PTQ; it cannot be trained with QAT")
+    mode = "dynamic_range" if config == "dynamic_range" else args.mode
+    if args.tflite:
+        check_tflite_types(mode, args.input_type)
     model = load_model(args.model, "model", quantized=False)
     x, y = load_data(args, args.calibration, model, "calibration data", args.labels,
                      need_labels=qat)
     qmodel = _qat(args, model, config, x, y) if qat else _ptq(args, model, config, methods, x)
     flatbuffer = None
     if args.tflite:  # converted before anything is written: a failure leaves no file
-        mode = "dynamic_range" if config == "dynamic_range" else args.mode
         flatbuffer = export_tflite(args, qmodel, None, args.input_type, mode)
-    save_keras(qmodel, out)
+    with staged_outputs() as stage:  # both files move into place only once both are written
+        qmodel.save(stage.path(out))
+        if flatbuffer is not None:
+            stage.write(args.tflite, flatbuffer)
     print(f"wrote {out}")
     if flatbuffer is not None:
-        write_atomic(args.tflite, flatbuffer)
         print(f"wrote {args.tflite} ({len(flatbuffer)} bytes)")
     return EXIT_OK

@@ -17,7 +17,7 @@ import os
 
 from tfquant.cli.common import (EXIT_MISMATCH, EXIT_OK, RAW, CLIError, add_common,
                                 add_data_options, check_output, muted, one_line,
-                                positive_float, say)
+                                non_negative_float, say)
 from tfquant.cli.loading import load_data, load_model
 
 
@@ -40,8 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     v.add_argument("tflite", metavar="TFLITE", help="its TFLite export")
     v.add_argument("--data", required=True, metavar="DATA",
                    help=".npy, .npz or a folder of images")
-    v.add_argument("--tolerance-lsb", type=positive_float, metavar="LSB",
-                   help="largest accepted Keras-vs-TFLite output difference in LSB")
+    v.add_argument("--tolerance-lsb", type=non_negative_float, metavar="LSB",
+                   help="largest accepted Keras-vs-TFLite output difference in LSB (0: "
+                        "identical)")
     v.add_argument("--json", metavar="PATH",
                    help="also write the whole report (every figure, the per-layer table) as "
                         "JSON")

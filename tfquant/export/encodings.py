@@ -49,7 +49,7 @@ from typing import Any, Iterable
 import keras
 import numpy as np
 
-from tfquant.export.paths import check_output_path, write_atomic
+from tfquant.export.paths import check_output_file, write_atomic
 from tfquant.export.tflite import _all_layers
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.qparams import QuantParams
@@ -173,6 +173,7 @@ def encodings(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     Raises:
         ValueError: unknown ``version``.
         FileNotFoundError: ``path``'s directory is missing (nothing is written).
+        IsADirectoryError: ``path`` is an existing directory (nothing is written).
 
     Example:
         >>> doc = tfquant.export.encodings(qat, "m.encodings.json", version="0.6.1")
@@ -182,7 +183,7 @@ def encodings(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     if version not in VERSIONS:
         raise ValueError(f"version={version!r} is not one of {VERSIONS}")
     if path is not None:
-        check_output_path(path)
+        check_output_file(path)
     targets = encoding_targets(qmodel)
     params = {t.name: t.quantizer.quant_params() for t in targets}
     if version == "1.0.0":

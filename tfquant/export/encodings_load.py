@@ -124,6 +124,16 @@ def _matches(p: QuantParams, enc: _Encoding, exact: bool) -> bool:
     return bool(np.allclose(scale, enc.scale, rtol=SCALE_RTOL, atol=0.0))
 
 
+def _symmetric_by_spec(q: Quantizer) -> bool:
+    """Whether ``q`` keeps its zero point at 0 by construction (its spec, or the learner's own
+    rule, e.g. LSQ vs LSQ+), whatever range it holds now.
+
+    The current :meth:`~Quantizer.quant_params` cannot tell: an uncalibrated asymmetric
+    quantizer still holds its symmetric initial range (``init_min = -init_max``).
+    """
+    return bool(getattr(q, "symmetric", q.spec.symmetric))
+
+
 def _set_from_scale_offset(q: Quantizer, enc: _Encoding, symmetric: bool) -> None:
     qmin, qmax = unsigned_grid(q.spec.bits, q.spec.narrow_range)
     lo = ((qmin + enc.offset) * enc.scale.astype(np.float64)).astype(np.float32)
@@ -209,7 +219,7 @@ def load_encodings(qmodel: keras.Model, source: str | os.PathLike | Mapping, *,
     todo = [(targets[key], enc) for key, enc in parsed.items() if key in targets]
     saved = {id(t.quantizer): [(v, np.array(keras.ops.convert_to_numpy(v))) for v in
                                 t.quantizer.weights] for t, _ in todo}
-    symmetric = {id(t.quantizer): t.quantizer.quant_params().symmetric for t, _ in todo}
+    symmetric = {id(t.quantizer): _symmetric_by_spec(t.quantizer) for t, _ in todo}
     for target, enc in todo:
         q = target.quantizer
         state = states.get(f"{target.kind}:{target.name}")

@@ -18,8 +18,9 @@ def folded_float_model(qmodel: keras.Model, *, quantized_weights: bool = False) 
     beta``, exactly the tensors TFLite sees; their names are those of the float layers, so an
     encodings file can refer to them: a weight is ``"<layer>/<attribute>"`` (its
     ``variable.path``), a standalone quantizer becomes an ``Identity`` layer of the same name
-    and a folded BatchNormalization an ``Identity`` under its own name. The model is not
-    compiled (no optimizer state is copied).
+    and a folded BatchNormalization an ``Identity`` under its own name. ``keras.ops`` calls
+    of a Functional model (e.g. ``keras.ops.add(a, b)``; no weights) are carried over as
+    they are. The model is not compiled (no optimizer state is copied).
 
     Args:
         qmodel: a quantized model.
@@ -37,6 +38,8 @@ def folded_float_model(qmodel: keras.Model, *, quantized_weights: bool = False) 
     def clone(layer):
         if isinstance(layer, Quantizer):
             return keras.layers.Identity(name=layer.name)
+        if not isinstance(layer, keras.layers.Layer):
+            return _clone_operation(layer)
         if not isinstance(layer, QuantizeWrapper):
             return layer.__class__.from_config(layer.get_config())
         inner = layer.layer
@@ -70,7 +73,22 @@ def folded_float_model(qmodel: keras.Model, *, quantized_weights: bool = False) 
             if bias is not None:
                 values.append(bias.numpy())
             new.set_weights(values)
-        elif not isinstance(old, Quantizer) and old.weights:
+        elif isinstance(old, keras.layers.Layer) and not isinstance(old, Quantizer) \
+                and old.weights:
             new.set_weights(old.get_weights())
     # clone_model compiles the copy of a compiled model; exporters want the bare graph.
     return keras.Model(float_model.inputs, float_model.outputs, name=qmodel.name)
+
+
+def _clone_operation(op: keras.Operation) -> keras.Operation:
+    """A copy of a ``keras.ops`` operation (e.g. the ``Add`` of ``keras.ops.add(a, b)``).
+
+    Operations hold no weights; the copy is made from the operation's config, so the folded
+    graph does not add a node to ``qmodel``'s own operation. An operation whose config cannot
+    rebuild it (arguments Keras cannot serialize) is reused as it is: it is stateless, so both
+    graphs compute the same values.
+    """
+    try:
+        return op.__class__.from_config(op.get_config())
+    except (NotImplementedError, TypeError, ValueError):
+        return op

@@ -13,7 +13,7 @@ import warnings
 import keras
 
 from tfquant.export.folding import folded_float_model
-from tfquant.export.paths import atomic_output, check_output_path
+from tfquant.export.paths import atomic_output, check_output_file, check_output_path
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -24,7 +24,11 @@ def keras_h5(qmodel: keras.Model, path: str | os.PathLike) -> str:
     Weights are stored as ``model_weights/<layer>/<layer>/<attribute>`` (e.g.
     ``model_weights/conv1/conv1/kernel``): the ``<layer>/<attribute>`` part is the
     ``param_encodings`` name. The file loads with ``keras.models.load_model`` (no custom
-    objects needed).
+    objects needed), except for models that call ``keras.ops`` between layers (e.g.
+    ``keras.ops.add(a, b)``): Keras' legacy HDF5 loader cannot rebuild those calls (a float
+    Keras model's own ``.h5`` fails the same way), so the file is written with a warning; its
+    weights load with ``model.load_weights``, and :func:`keras_file` and :func:`saved_model`
+    hold the whole model.
 
     Args:
         qmodel: a quantized model (from :func:`tfquant.quantize_model`).
@@ -36,12 +40,13 @@ def keras_h5(qmodel: keras.Model, path: str | os.PathLike) -> str:
     Raises:
         ValueError: ``path`` does not end in ``.h5`` or ``.hdf5``.
         FileNotFoundError: the directory is missing (nothing is written).
+        IsADirectoryError: ``path`` is an existing directory (nothing is written).
 
     Example:
         >>> tfquant.export.keras_h5(qat, "model.h5")
         'model.h5'
     """
-    path = check_output_path(path)
+    path = check_output_file(path)
     if not path.lower().endswith(H5_SUFFIXES):
         raise ValueError(f"keras_h5 writes the legacy HDF5 format: {path!r} must end in .h5 or "
                          ".hdf5 (use keras_file for .keras)")
@@ -50,7 +55,21 @@ def keras_h5(qmodel: keras.Model, path: str | os.PathLike) -> str:
         warnings.filterwarnings("ignore", message=".*HDF5.*legacy.*")
         warnings.filterwarnings("ignore", message=".*legacy.*HDF5.*")
         model.save(tmp)
+    _warn_about_operations(model)
     return path
+
+
+def _warn_about_operations(model: keras.Model) -> None:
+    """Warns that Keras' legacy HDF5 loader cannot rebuild the ``keras.ops`` calls of
+    ``model`` (its ``load_model`` raises on them), naming them."""
+    names = [op.name for op in getattr(model, "operations", ())
+             if not isinstance(op, keras.layers.Layer)]
+    if names:
+        warnings.warn(f"keras_h5: the model calls keras.ops ({', '.join(names)}), which "
+                      "Keras' legacy HDF5 loader cannot rebuild: keras.models.load_model "
+                      "fails on the .h5 file, model.load_weights reads its weights. Use "
+                      "keras_file (.keras) or saved_model for a model that loads as a whole.",
+                      stacklevel=3)
 
 
 def keras_file(qmodel: keras.Model, path: str | os.PathLike, *, folded: bool = True) -> str:
@@ -69,12 +88,13 @@ def keras_file(qmodel: keras.Model, path: str | os.PathLike, *, folded: bool = T
     Raises:
         ValueError: ``path`` does not end in ``.keras``.
         FileNotFoundError: the directory is missing (nothing is written).
+        IsADirectoryError: ``path`` is an existing directory (nothing is written).
 
     Example:
         >>> tfquant.export.keras_file(qat, "float_folded.keras")
         'float_folded.keras'
     """
-    path = check_output_path(path)
+    path = check_output_file(path)
     if not path.endswith(".keras"):
         raise ValueError(f"keras_file writes the .keras format: {path!r} must end in .keras")
     model = folded_float_model(qmodel) if folded else qmodel

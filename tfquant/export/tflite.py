@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfquant.export.paths import check_output_path, write_atomic
+from tfquant.export.paths import check_output_file, write_atomic
 from tfquant.export.tflite_compact import compact_tflite
 from tfquant.fake_quant import int8_container
 from tfquant.layers.wrapper import QuantizeWrapper
@@ -25,6 +25,9 @@ from tfquant.quantizers import Quantizer
 
 MODES = ("int8", "int16x8", "dynamic_range")
 IO_TYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8, "int16": tf.int16}
+# The input/output types the converter accepts in each mode (dynamic range keeps float I/O).
+MODE_IO_TYPES = {"int8": ("float32", "int8", "uint8"), "int16x8": ("float32", "int16"),
+                 "dynamic_range": ("float32",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +147,43 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
                          + "\n  - ".join(problems))
 
 
+def check_io_types(mode: str, input_type: str, output_type: str | None = None) -> str:
+    """Checks ``mode`` and the input/output types before anything is traced or converted.
+
+    Args:
+        mode: ``"int8"``, ``"int16x8"`` or ``"dynamic_range"``.
+        input_type: the TFLite input type (see :data:`MODE_IO_TYPES`).
+        output_type: the TFLite output type; None: ``input_type``.
+
+    Returns:
+        The output type (``input_type`` when ``output_type`` is None).
+
+    Raises:
+        ValueError: ``mode`` is unknown, or a type is not one that ``mode`` can give (int8:
+            float32, int8, uint8; int16x8: float32, int16; dynamic_range: float32 only, its
+            activations are quantized inside the model at run time).
+
+    Example:
+        >>> check_io_types("int8", "uint8")
+        'uint8'
+        >>> check_io_types("dynamic_range", "int8")  # doctest: +SKIP
+        ValueError: input_type='int8' is not available in mode='dynamic_range' ...
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not one of {MODES}")
+    output_type = output_type or input_type
+    allowed = MODE_IO_TYPES[mode]
+    for name, value in (("input_type", input_type), ("output_type", output_type)):
+        if value not in IO_TYPES:
+            raise ValueError(f"{name}={value!r} is not one of {sorted(IO_TYPES)}")
+        if value not in allowed:
+            why = (" (a dynamic-range model keeps float inputs and outputs and quantizes "
+                   "activations at run time)" if mode == "dynamic_range" else "")
+            raise ValueError(f"{name}={value!r} is not available in mode={mode!r}: use one of "
+                             f"{list(allowed)}{why}")
+    return output_type
+
+
 def _per_tensor_only(layer: keras.layers.Layer) -> str | None:
     """The layer type's name if the converter takes only per-tensor weights for it (their
     kernel reaches the TFLite op through a reshape or transpose), else None."""
@@ -241,7 +281,8 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
         qmodel: a model from :func:`tfquant.quantize_model` (trained or calibrated).
         path: where to write the ``.tflite`` file (None: don't write). Its directory must exist.
         input_type: ``"float32"`` (a QUANTIZE op at the input), ``"int8"`` or ``"uint8"``
-            (``"int16"`` in int16x8 mode).
+            in int8 mode; ``"float32"`` or ``"int16"`` in int16x8 mode; ``"float32"`` only in
+            dynamic_range mode.
         output_type: like ``input_type``; defaults to ``input_type``.
         mode: ``"int8"`` (full integer), ``"int16x8"`` (16-bit activations, 8-bit weights) or
             ``"dynamic_range"`` (int8 weights holding the weight quantizers' own integers and
@@ -259,23 +300,20 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
         The flatbuffer bytes.
 
     Raises:
-        ValueError: the model has layers TFLite cannot run as requested (named), float ops
-            remain with ``strict=True`` (named), or ``path``'s directory is missing. No file is
-            written in any of these cases.
+        ValueError: an unknown mode, an input/output type the mode cannot give (checked
+            before converting), layers TFLite cannot run as requested (named), or float ops
+            remaining with ``strict=True`` (named). No file is written in any of these cases.
+        FileNotFoundError: ``path``'s directory is missing (checked before converting).
+        IsADirectoryError: ``path`` is an existing directory (checked before converting).
 
     Example:
         >>> data = tfquant.export.tflite(qat, "model.tflite", input_type="int8")
         >>> data16 = tfquant.export.tflite(qat16, mode="int16x8")  # a "tflite_int16x8" model
         >>> raw = tfquant.export.tflite(qat, compact=False)  # unshared quantization vectors
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not one of {MODES}")
-    output_type = output_type or input_type
-    for name, value in (("input_type", input_type), ("output_type", output_type)):
-        if value not in IO_TYPES:
-            raise ValueError(f"{name}={value!r} is not one of {sorted(IO_TYPES)}")
+    output_type = check_io_types(mode, input_type, output_type)
     if path is not None:
-        check_output_path(path)
+        check_output_file(path)
     if mode == "dynamic_range":
         from tfquant.export.tflite_dynamic import dynamic_range_tflite
 
