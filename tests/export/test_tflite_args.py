@@ -139,3 +139,21 @@ def test_allowed_mixed_types_convert(qmodels):
     interpreter = Interpreter(model_content=flatbuffer)
     assert interpreter.get_input_details()[0]["dtype"] == np.uint8
     assert interpreter.get_output_details()[0]["dtype"] == np.float32
+
+
+def test_an_uncalibrated_model_exports_with_a_warning_naming_its_quantizers(qmodels):
+    """Activation ranges never calibrated or trained (still init_min/init_max, no step): the
+    export warns, naming them; the export of a calibrated model does not warn."""
+    import warnings
+
+    fresh = tfquant.quantize_model(_float_model())
+    with pytest.warns(UserWarning, match=r"3 activation quantizer\(s\) still hold their initial "
+                                         r"range.*image_quantizer, conv/output, fc/output"):
+        tfquant.export.tflite(fresh)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*initial range.*")
+        tfquant.export.tflite(qmodels["int8"])
+    # one training step moves every EMA range off its initial value
+    fresh.compile("sgd", "mse")
+    fresh.fit(np.ones((4, 6, 6, 1), np.float32), np.zeros((4, 2), np.float32), verbose=0)
+    assert tflite_module.uncalibrated_quantizers(fresh) == []

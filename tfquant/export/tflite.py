@@ -208,6 +208,30 @@ def _all_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:
             yield from _all_layers(layer)
 
 
+def uncalibrated_quantizers(qmodel: keras.Model) -> list[str]:
+    """Labels of the observed-range activation quantizers that never saw data: no training
+    step and still their initial range (``init_min``/``init_max``), i.e. the model was neither
+    calibrated nor trained there."""
+    from tfquant.quantizers.minmax import MinMaxQuantizer
+
+    found = []
+    for label, q in all_quantizers(qmodel):
+        if (isinstance(q, MinMaxQuantizer) and not q.for_weights and q.enabled
+                and q.spec.learner != "fixed" and int(q.steps.numpy()) == 0
+                and bool(q._at_initial_range(q.min.value, q.max.value))):  # noqa: SLF001
+            found.append(label)
+    return found
+
+
+def _warn_if_uncalibrated(qmodel: keras.Model) -> None:
+    labels = uncalibrated_quantizers(qmodel)
+    if labels:
+        shown = ", ".join(labels[:8]) + (", ..." if len(labels) > 8 else "")
+        warnings.warn(f"{len(labels)} activation quantizer(s) still hold their initial range "
+                      f"(never calibrated or trained): {shown}. The export uses those ranges; "
+                      "run tfquant.calibrate(qmodel, data) or QAT first.", stacklevel=3)
+
+
 def all_quantizers(model: keras.Model) -> Iterable[tuple[str, Quantizer]]:
     """``(label, quantizer)`` for every quantizer of a model, labelled ``layer/role``.
 
@@ -319,6 +343,7 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
 
         return dynamic_range_tflite(qmodel, path, compact=compact)
     check_exportable(qmodel, mode)
+    _warn_if_uncalibrated(qmodel)
 
     converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
