@@ -157,3 +157,19 @@ def test_an_uncalibrated_model_exports_with_a_warning_naming_its_quantizers(qmod
     fresh.compile("sgd", "mse")
     fresh.fit(np.ones((4, 6, 6, 1), np.float32), np.zeros((4, 2), np.float32), verbose=0)
     assert tflite_module.uncalibrated_quantizers(fresh) == []
+
+
+def test_a_failed_conversion_is_a_value_error_naming_the_float_layers(tmp_path):
+    """An LSTM (left float by the annotator) makes TF's converter fail on its tensor lists: a
+    ValueError with the converter's error and the float layers, and no file (it was TF's raw
+    ConverterError)."""
+    model = keras.Sequential([keras.Input((5, 3)), L.LSTM(4, name="lstm"), L.Dense(2, name="fc")])
+    qmodel = tfquant.quantize_model(model)
+    tfquant.calibrate(qmodel, np.random.default_rng(0).random((16, 5, 3), np.float32),
+                      verbose=0)
+    path = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=r"TFLite converter failed.*float by the annotator: "
+                                         r"\['lstm'\]") as err:
+        tfquant.export.tflite(qmodel, path)
+    assert type(err.value.__cause__).__name__ == "ConverterError"
+    assert not path.exists() and list(tmp_path.iterdir()) == []

@@ -16,6 +16,7 @@ from typing import Iterable
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.python.convert_phase import ConverterError
 
 from tfquant.export.paths import check_output_file, write_atomic
 from tfquant.export.tflite_compact import compact_tflite
@@ -261,6 +262,18 @@ def _convert(converter) -> bytes:
         return bytes(converter.convert())
 
 
+def _conversion_failure(qmodel: keras.Model, err: Exception) -> str:
+    """The message for a failed conversion: the converter's first line, and the layers the
+    model leaves in float (a layer TFLite cannot convert is usually among them)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    first = next((line for line in lines if "error" in line.lower()), lines[0] if lines else "")
+    report = getattr(qmodel, "quantization_report", None)
+    floats = list(report.float_layers) if report is not None else []
+    where = (f"; layers left in float by the annotator: {floats}" if floats else "")
+    return (f"the TFLite converter failed ({type(err).__name__}: {first[:300]}){where}. "
+            "Nothing was written.")
+
+
 # Operators with a bias input, and its position.
 _BIAS_INPUT = {"CONV_2D": 2, "DEPTHWISE_CONV_2D": 2, "FULLY_CONNECTED": 2, "TRANSPOSE_CONV": 3}
 
@@ -354,7 +367,10 @@ def tflite(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
         converter.target_spec.supported_ops = [ops]
     converter.inference_input_type = IO_TYPES[input_type]
     converter.inference_output_type = IO_TYPES[output_type]
-    data = _convert(converter)
+    try:
+        data = _convert(converter)
+    except ConverterError as err:
+        raise ValueError(_conversion_failure(qmodel, err)) from err
     if mode == "int16x8":
         data = _widen_int16x8_biases(data)
     if compact:
