@@ -339,6 +339,15 @@ def test_missing_directory_writes_nothing(qmodel, tmp_path):
         encodings(qmodel, version="2.0")
 
 
+def test_a_float_model_has_no_encodings(tmp_path):
+    """A model without quantizers (the float model passed by mistake) is refused; it gave an
+    empty document."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="plain")
+    with pytest.raises(ValueError, match="'plain' has no quantizers"):
+        encodings(model, tmp_path / "m.json")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_0_6_1_structure(qmodel):
     doc = encodings(qmodel, version="0.6.1")
     assert doc["version"] == "0.6.1"

@@ -171,7 +171,7 @@ def encodings(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
         The encodings document (a dict; what is written as JSON).
 
     Raises:
-        ValueError: unknown ``version``.
+        ValueError: unknown ``version``, or a model without quantizers (a float model).
         FileNotFoundError: ``path``'s directory is missing (nothing is written).
         IsADirectoryError: ``path`` is an existing directory (nothing is written).
 
@@ -185,6 +185,9 @@ def encodings(qmodel: keras.Model, path: str | os.PathLike | None = None, *,
     if path is not None:
         check_output_file(path)
     targets = encoding_targets(qmodel)
+    if not targets:
+        raise ValueError(f"model {qmodel.name!r} has no quantizers, so no encodings: pass the "
+                         "model tfquant.quantize_model (or tfquant.ptq) returned")
     params = {t.name: t.quantizer.quant_params() for t in targets}
     if version == "1.0.0":
         sections = {kind: [_entry_100(t.name, params[t.name]) for t in targets if t.kind == kind]
