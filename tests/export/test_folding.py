@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import tfquant  # noqa: E402
-from tfquant.export.tflite import all_quantizers  # noqa: E402
+from tfquant.analysis.groups import enabled_only  # noqa: E402
 
 L = keras.layers
 DENSES = ("a", "b", "head")
@@ -83,14 +83,8 @@ def _numpy_reference(weights, x: np.ndarray) -> np.ndarray:
 
 
 def _unquantized_predictions(qmodel, x):
-    quantizers = [q for _, q in all_quantizers(qmodel)]
-    for q in quantizers:
-        q.enabled = False
-    try:
+    with enabled_only(qmodel, []):
         return qmodel(x, training=False).numpy()
-    finally:
-        for q in quantizers:
-            q.enabled = True
 
 
 def test_folded_model_carries_the_ops_over(qmodel, data, ref):
