@@ -19,13 +19,6 @@ VERBS = (demo, quantize, export, verify, analyze)
 DESCRIPTION = """\
 Quantization for Keras 3 models: PTQ / QAT, TFLite export, verification, analysis.
 
-verbs:
-  demo      train, QAT fine-tune, export and verify a CNN on the bundled digits data
-  quantize  post-training quantize (or QAT fine-tune) a float .keras/.h5 model
-  export    write a quantized model as TFLite (and .h5 / SavedModel / encodings)
-  verify    compare a quantized model with its .tflite export (exit code 1 if they differ)
-  analyze   per-layer sensitivity and an HTML report
-
 data files (DATA, LABELS): .npy; .npz (the array 'x', else the first; 'y' = labels); or a
 folder of PNG/JPEG images, converted to the model's channels, resized to its input size and
 scaled to [0, 1] float32 (see --image-range). Arrays are used as they are (no scaling).
@@ -39,7 +32,8 @@ show the traceback).
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``tfquant`` command."""
     parser = Parser(prog="tfquant", description=DESCRIPTION, formatter_class=RAW)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="VERB",
+                                title="verbs (tfquant VERB --help for each)")
     for verb in VERBS:
         verb.add_parser(sub)
     return parser

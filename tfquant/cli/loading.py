@@ -115,7 +115,7 @@ def load_config(text: str | None) -> Any:
         except (TypeError, ValueError, KeyError) as err:
             raise CLIError(f"invalid config file {text!r}: {one_line(err)}") from None
     raise CLIError(f"unknown config {text!r}: expected a preset "
-                   f"({', '.join(sorted(PRESETS))}) or a .json file")
+                   f"({', '.join(sorted([*PRESETS, 'dynamic_range']))}) or a .json file")
 
 
 def load_data(args: argparse.Namespace, path: str, model, what: str, labels: str | None = None,
