@@ -197,6 +197,10 @@ def test_bad_inputs_give_clear_errors(setup, tmp_path):
         tfquant.verify(qmodel, cut, x)
     with pytest.raises(ValueError, match="shape"):
         tfquant.verify(qmodel, data, x[:, :4])
+    nan = x.copy()
+    nan[3, 1, 1, 0] = np.nan            # passed silently, with only a numpy RuntimeWarning
+    with pytest.raises(ValueError, match="'image' has 1 non-finite"):
+        tfquant.verify(qmodel, data, nan)
 
 
 def _hand_report(local_exact, within_1lsb, simulator_exact=1.0):

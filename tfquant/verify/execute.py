@@ -65,6 +65,12 @@ def collect_inputs(data: Any, num_inputs: int, input_names: Sequence[str] = (),
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(f"the model inputs need the same, non-zero number of samples; got "
                          f"{[len(a) for a in arrays]}")
+    for i, a in enumerate(arrays):
+        bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
+        if bad:
+            name = input_names[i] if i < len(input_names) else f"input {i}"
+            raise ValueError(f"data for {name!r} has {bad} non-finite (NaN/Inf) values: the "
+                             "executions cannot be compared on them")
     return arrays
 
 
