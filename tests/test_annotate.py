@@ -373,6 +373,8 @@ def test_a_layer_read_only_by_a_concatenate_is_rounded_once_by_it():
     assert qmodel.get_layer("quant_cat").output_quantizer is not None
     assert "rounded once, by 'cat'" in report["only"].detail
     assert "output 8-bit" not in report["only"].detail
+    assert "fused activation 'fused_relu' by its consumer's quantizer" in \
+        report["fused_conv"].detail
     # no input quantizer was added in front of the Concatenate for the unquantized inputs
     assert not [layer.name for layer in qmodel.layers if layer.name.endswith("_quantizer")
                 and not layer.name.startswith("image")]

@@ -539,7 +539,10 @@ def _describe(decision: _Decision, layer, plan) -> str:
         parts.append(f"weights {w.bits}-bit {'per-channel' if w.per_axis else 'per-tensor'} "
                      f"{'symmetric' if w.symmetric else 'asymmetric'} ({w.learner})")
     act = decision.fused_activation
-    if act is not None:
+    if act is not None and plan[id(act)].rounded_by_consumer:
+        parts.append(f"output rounded after fused activation {act.name!r} by its consumer's "
+                     "quantizer")
+    elif act is not None:
         a = plan[id(act)].spec.activations
         parts.append(f"output quantized after fused activation {act.name!r} {a.bits}-bit "
                      f"({a.learner})")
@@ -558,7 +561,8 @@ def _report(flat: keras.Model, plan, config: QuantConfig) -> QuantizationReport:
             continue
         decision = plan[id(op)]
         action = "fused" if decision.fused else decision.action
+        detail = (_describe(decision, op, plan) if decision.action == "quantize"
+                  else decision.reason)
         entries.append(LayerEntry(name=op.name, type=type(op).__name__, action=action,
-                                  detail=_describe(decision, op, plan) if decision.action == "quantize"
-                                  else decision.reason))
+                                  detail=detail))
     return QuantizationReport(entries)

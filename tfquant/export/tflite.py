@@ -82,8 +82,8 @@ def check_exportable(qmodel: keras.Model, mode: str = "int8") -> None:
     transposed-convolution weights must be per-tensor (their kernels reach the TFLite op
     through a reshape or transpose, and the converter rejects per-channel axes there);
     activations must be at most 8 bits in int8 mode and 16-bit symmetric in int16x8 mode; a
-    layer called more than once must have 8-bit weights. Ops that stay float after conversion (e.g. binary ``sign`` activations, layers left in
-    float) are reported by :func:`tflite`.
+    layer called more than once must have 8-bit weights. Ops that stay float after conversion
+    (e.g. binary ``sign`` activations, layers left in float) are reported by :func:`tflite`.
 
     Example:
         >>> check_exportable(qat)          # silent when the model can be exported
