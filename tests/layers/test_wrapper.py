@@ -196,3 +196,33 @@ def test_per_axis_activation_raises_naming_layer():
     with pytest.raises(ValueError, match="'fc7'.*per_axis"):
         QuantizeWrapper(keras.layers.Dense(3, name="fc7"),
                         LayerSpec(W_SPEC, A_SPEC.replace(per_axis=True)))
+
+
+def test_a_layer_applied_twice_counts_training_steps_not_calls():
+    """A Conv2D applied to two inputs runs its quantizers twice per training step; freeze_step
+    counts training steps (it froze the range after half the steps asked for), the same as for
+    a layer applied once."""
+    import tfquant
+    from tfquant import QuantConfig
+
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 16)
+    cfg = QuantConfig.preset("tflite_int8").with_overrides(
+        by_name={"sh": {"activations": {"freeze_step": 3}}})
+    keras.utils.set_random_seed(0)
+    a, b = keras.Input((8, 8, 1), name="a"), keras.Input((8, 8, 1), name="b")
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="sh")
+    joined = keras.layers.Add(name="add")([shared(a), shared(b)])
+    out = keras.layers.Dense(4, name="fc")(keras.layers.Flatten(name="flat")(joined))
+    qmodel = tfquant.quantize_model(keras.Model([a, b], out), cfg)
+    qmodel.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    quantizer = qmodel.get_layer("quant_sh").output_quantizer
+    tops = []
+    for step in range(5):
+        batch = x * (step + 1)             # growing inputs: the range grows until it is frozen
+        qmodel.train_on_batch([batch, batch], y)
+        tops.append(float(quantizer.current_range()[1]))
+    assert tops[0] < tops[1] < tops[2]     # steps 0, 1, 2 update the EMA range
+    assert tops[3] == tops[2] == tops[4]   # frozen from step 3
+    assert int(quantizer.steps.numpy()) == 10 and int(quantizer.training_step()) == 5

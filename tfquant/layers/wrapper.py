@@ -244,10 +244,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return y + bias
 
     # ------------------------------------------------------------------- call
-    def _step_counter(self):
-        """The training-step counter of this wrapper (its first quantizer's)."""
+    def _step_counter(self) -> Quantizer:
+        """The quantizer whose counter gives this wrapper's training step (its first)."""
         for quantizer in self.quantizers.values():
-            return quantizer.steps
+            return quantizer
         raise ValueError(f"layer {self.layer.name!r}: bn_freeze_step needs at least one "
                          "quantizer to count training steps.")
 
@@ -255,7 +255,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         bn_step = None
         if training and self.batchnorm is not None and self.spec.bn_freeze_step is not None:
             # read before the quantizers count this step (0-based, like freeze_step)
-            bn_step = tf.identity(self._step_counter().value)
+            bn_step = self._step_counter().training_step()
         factor = None if self.batchnorm is None else self._fold_factor()
         weights = self.folded_weights(factor)
         if self.rule.weight_view is not None:
@@ -311,6 +311,10 @@ class QuantizeWrapper(keras.layers.Wrapper):
                        lambda: self._add_bias(y, self.folded_bias()))
 
     def call(self, inputs, training=None, mask=None):
+        # a layer applied N times in the model: its quantizers run N times per training step
+        calls = max(len(getattr(self, "_inbound_nodes", ())), 1)
+        for quantizer in self.quantizers.values():
+            quantizer.calls_per_step = calls
         restore = None
         if self.rule.kind == "weighted":
             if self.rule.matrix_input and len(inputs.shape) > 2:

@@ -73,6 +73,9 @@ class Quantizer(keras.layers.Layer):
         # Set by QuantizeWrapper on weight quantizers (weights are constants in the exported
         # graph); derived from the model structure, so not part of the config.
         self.for_weights = False
+        # Calls per training step: a QuantizeWrapper of a layer applied N times in the model
+        # sets N, so ``steps`` (one count per call) reads as training steps.
+        self.calls_per_step = 1
 
     # ----------------------------------------------------------------- state
     def build(self, input_shape):
@@ -162,6 +165,12 @@ class Quantizer(keras.layers.Layer):
             return False
         return step >= self.spec.freeze_step
 
+    def training_step(self) -> tf.Tensor:
+        """The 0-based training step of this call: ``steps`` counts calls, ``calls_per_step``
+        of them per step (a snapshot: reading it after ``assign_add`` sees the new count)."""
+        step = tf.identity(self.steps.value)
+        return step // self.calls_per_step if self.calls_per_step > 1 else step
+
     # ------------------------------------------------------------------ call
     # Set (per instance) by tfquant.ptq.calibrate.intercept: ``hook(quantizer, x)`` replaces
     # the fake-quant op while it is set (calibration observes and passes values through).
@@ -178,7 +187,7 @@ class Quantizer(keras.layers.Layer):
         if training:
             # Snapshot the counter: ``self.steps.value`` is the variable itself, and reading it
             # after ``assign_add`` would see the incremented count (step 0 would never occur).
-            step = tf.identity(self.steps.value)
+            step = self.training_step()
             self.steps.assign_add(1)
             y = self.quantize_training(x, step)
             if self.spec.quant_start_step > 0:
