@@ -142,13 +142,20 @@ def _sequential_inputs(model: keras.Sequential):
 
 
 def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    """A new, unbuilt instance of ``layer`` with the same configuration (no weights yet)."""
+    """A new, unbuilt instance of ``layer`` with the same configuration (no weights yet),
+    computing in float32: the quantized model simulates int8 arithmetic in float32 under any
+    mixed-precision policy (TF's FakeQuant takes float32 only, and a bfloat16 layer between
+    quantizers would put CAST ops in the TFLite model)."""
     if isinstance(layer, keras.layers.Lambda):
         # Share the Python function: rebuilding it from its config deserialises bytecode, which
         # safe mode refuses (and which would lose the function's globals).
         return keras.layers.Lambda(layer.function, output_shape=layer._output_shape,
-                                   mask=layer.mask, arguments=layer.arguments, name=layer.name)
-    return layer.__class__.from_config(layer.get_config())
+                                   mask=layer.mask, arguments=layer.arguments, name=layer.name,
+                                   dtype="float32")
+    config = layer.get_config()
+    if "dtype" in config:
+        config["dtype"] = "float32"
+    return layer.__class__.from_config(config)
 
 
 def _walk_layers(model: keras.Model) -> Iterable[keras.layers.Layer]:
@@ -446,7 +453,7 @@ def _apply(flat: keras.Model, config: QuantConfig, annotations, annotate_all: bo
                 new = _copy_layer(layer)
                 copied.append((layer, new))
         elif decision.action == "fold":
-            new = keras.layers.Identity(name=layer.name)
+            new = keras.layers.Identity(name=layer.name, dtype="float32")
         elif not isinstance(layer, keras.layers.Layer):
             new = layer  # a quantized keras.ops operation: quantizers around it (see call)
         elif decision.carrier:

@@ -226,3 +226,32 @@ def test_a_layer_applied_twice_counts_training_steps_not_calls():
     assert tops[0] < tops[1] < tops[2]     # steps 0, 1, 2 update the EMA range
     assert tops[3] == tops[2] == tops[4]   # frozen from step 3
     assert int(quantizer.steps.numpy()) == 10 and int(quantizer.training_step()) == 5
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_quantized_model_trains_and_exports_under_a_mixed_precision_policy(policy):
+    """Quantizers and wrappers compute in float32 (TF's FakeQuant takes float32 only; under a
+    global mixed policy fit and predict raised a dtype TypeError); the export agrees with
+    the Keras model as under float32."""
+    import tfquant
+
+    rng = np.random.default_rng(1)
+    x = rng.random((32, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 4, 32)
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((8, 8, 1)),
+                                  keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+                                  keras.layers.BatchNormalization(name="bn"),
+                                  keras.layers.Flatten(name="flat"),
+                                  keras.layers.Dense(4, name="fc")])
+        qmodel = tfquant.quantize_model(model)
+        assert qmodel.get_layer("quant_conv").compute_dtype == "float32"
+        qmodel.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        qmodel.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        assert np.all(np.isfinite(qmodel.predict(x, verbose=0)))
+        report = tfquant.verify(qmodel, tfquant.export.tflite(qmodel), x, xnnpack=False)
+        assert report.bit_exact_fraction == 1.0 and report.within_tolerance
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

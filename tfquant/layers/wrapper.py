@@ -123,6 +123,8 @@ class QuantizeWrapper(keras.layers.Wrapper):
                  quantize_output: bool = True, batchnorm: keras.layers.Layer | None = None,
                  **kwargs: Any):
         kwargs.setdefault("name", f"quant_{layer.name}")
+        # fake quantization computes in float32, whatever the global mixed-precision policy
+        kwargs.setdefault("dtype", "float32")
         super().__init__(layer, **kwargs)
         self.spec = spec if isinstance(spec, LayerSpec) else LayerSpec.from_dict(spec or {})
         self.quantize_output = bool(quantize_output)

@@ -62,6 +62,9 @@ class Quantizer(keras.layers.Layer):
 
     def __init__(self, spec: TensorSpec | dict | None = None,
                  axis: int | Sequence[int] | None = None, **kwargs: Any):
+        # TF's FakeQuant ops take float32 only: float32 state and compute under any global
+        # mixed-precision policy
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.spec = spec if isinstance(spec, TensorSpec) else TensorSpec.from_dict(spec or {})
         if self.spec.per_axis and axis is None:
