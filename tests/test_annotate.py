@@ -342,6 +342,11 @@ def test_config_names_that_match_no_layer_raise_and_change_nothing():
     assert "'dw.*'" not in message
     assert "Its layers:" in message and "'dw_relu'" in message
     assert _snapshot(model) == before
+    # a by_type key naming no layer class (a typo) raises too; a Keras class the model does
+    # not use (as the presets list) is fine
+    with pytest.raises(ValueError, match="by_type key 'Conv2d' \\(no layer class"):
+        tfquant.quantize_model(model, QuantConfig(by_type={"Conv2d": {"weights": {"bits": 4}}}))
+    tfquant.quantize_model(model, QuantConfig(by_type={"Conv1D": {"weights": {"bits": 4}}}))
     # the same config without the two strays quantizes, and its entries take effect
     cfg = QuantConfig(by_name={"head": {"weights": {"bits": 6}}},
                       by_regex={"dw.*": {"activations": {"bits": 6}}})
@@ -466,3 +471,21 @@ def test_lambda_layer_and_feature_extraction(rng):
     np.testing.assert_allclose(_predict(features, xs), expected, atol=1e-5)
     np.testing.assert_allclose(_predict(qmodel, xs), _predict(model, xs),
                                atol=1e-5)
+
+
+
+def test_report_describes_a_weighted_layer_whose_activation_tflite_runs_apart():
+    """Dense + softmax/swish: a quantizer before the activation and one after it (softmax on
+    TFLite's fixed range); the report said only 'output 8-bit (ema)'."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu",
+                                                                    name="h"),
+                              keras.layers.Dense(3, activation="swish", name="sw"),
+                              keras.layers.Dense(2, activation="softmax", name="fc")])
+    qmodel = tfquant.quantize_model(model)
+    report = qmodel.quantization_report
+    assert report["h"].detail.endswith("output 8-bit (ema)")
+    assert "pre-activation 8-bit (ema); output after swish 8-bit (ema)" in report["sw"].detail
+    assert "output after softmax TFLite's fixed softmax range" in report["fc"].detail
+    fc = qmodel.get_layer("quant_fc")
+    assert fc.pre_activation_quantizer is not None
+    assert fc.output_quantizer.spec.learner == "fixed"

@@ -188,3 +188,16 @@ def test_coerce_dict_with_preset():
     assert cfg.resolve("c", "Conv2D").activations.bits == 16
     assert cfg.resolve("fc", "Dense").skip
     assert not cfg.resolve("fc2", "Dense").weights.per_axis  # preset's by_type is kept
+
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: TensorSpec(quant_start_step=10, freeze_step=5), "before quant_start_step"),
+    (lambda: LayerSpec(bn_freeze_step=-1), "bn_freeze_step=-1"),
+    (lambda: LayerSpec(bn_freeze_step=2.5), "bn_freeze_step=2.5"),
+])
+def test_contradictory_or_invalid_step_settings_raise(make, message):
+    """A range frozen before quantization starts, a negative or fractional BN freeze step:
+    accepted silently before."""
+    with pytest.raises(ValueError, match=message):
+        make()

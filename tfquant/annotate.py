@@ -26,7 +26,8 @@ from keras.src.ops.operation import Operation
 from tfquant.layers.affine import batchnorm_carrier, split_affine
 from tfquant.layers.annotation import QuantizeAnnotate
 from tfquant.layers.registry import (FIXED_OUTPUT_RANGES, FUSABLE_ACTIVATIONS,
-                                     activation_name, normalizes_last_axis, rule_for)
+                                     activation_name, normalizes_last_axis,
+                                     registered_type_names, rule_for)
 from tfquant.layers.wrapper import QuantizeWrapper
 from tfquant.quantizers import Quantizer, make_quantizer
 from tfquant.report import LayerEntry, QuantizationReport
@@ -425,9 +426,16 @@ def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
 
 # ------------------------------------------------------------------------ apply
 def _check_config_names(flat: keras.Model, config: QuantConfig) -> None:
-    """Raises ValueError for ``by_name``/``by_regex`` entries that match no layer."""
+    """Raises ValueError for ``by_name``/``by_regex`` entries that match no layer and
+    ``by_type`` keys that name no layer class."""
     names = [op.name for op in flat.operations]
-    problems = config.unmatched(names)
+    # a by_type key may name any Keras or registered layer class (presets list types a model
+    # may not have); anything else is a typo
+    types = {t for op in flat.operations for t in _type_names(op)}
+    types |= {name for name in dir(keras.layers) if isinstance(getattr(keras.layers, name),
+                                                                 type)}
+    types |= registered_type_names()
+    problems = config.unmatched(names, types)
     if problems:
         shown = ", ".join(repr(n) for n in names[:30]) + (", ..." if len(names) > 30 else "")
         raise ValueError(f"QuantConfig entries that match no layer of model {flat.name!r}: "
@@ -555,7 +563,15 @@ def _describe(decision: _Decision, layer, plan) -> str:
                      f"({a.learner})")
     elif spec is not None and spec.activations is not None and not decision.rounded_by_consumer:
         a = spec.activations
-        parts.append(f"output {a.bits}-bit ({a.learner})")
+        inner = activation_name(getattr(layer, "activation", None))
+        if rule_for(layer).kind == "weighted" and inner not in ("linear", *FUSABLE_ACTIVATIONS):
+            # TFLite runs this activation as its own op: a quantizer before it, then its output
+            output = (f"TFLite's fixed {inner} range" if inner in FIXED_OUTPUT_RANGES
+                      and a.bits in (8, 16) else f"{a.bits}-bit ({a.learner})")
+            parts.append(f"pre-activation {a.bits}-bit ({a.learner}); output after {inner} "
+                         f"{output}")
+        else:
+            parts.append(f"output {a.bits}-bit ({a.learner})")
     if decision.reason:
         parts.append(decision.reason)
     return "; ".join(parts)

@@ -66,6 +66,10 @@ class TensorSpec:
             raise ValueError(f"quant_start_step={self.quant_start_step!r} must be >= 0.")
         if self.freeze_step is not None and self.freeze_step < 0:
             raise ValueError(f"freeze_step={self.freeze_step!r} must be >= 0 or None.")
+        if self.freeze_step is not None and self.freeze_step < self.quant_start_step:
+            raise ValueError(f"freeze_step={self.freeze_step!r} comes before quant_start_step="
+                             f"{self.quant_start_step!r}: the range would be frozen before the "
+                             "tensor is quantized.")
         if self.init_max <= self.init_min:
             raise ValueError(f"init_min={self.init_min} must be < init_max={self.init_max}.")
 
@@ -105,6 +109,13 @@ class LayerSpec:
     skip: bool = False
     fold_bn: bool = True
     bn_freeze_step: int | None = None
+
+    def __post_init__(self):
+        if self.bn_freeze_step is not None and (
+                isinstance(self.bn_freeze_step, bool)
+                or not isinstance(self.bn_freeze_step, int) or self.bn_freeze_step < 0):
+            raise ValueError(f"bn_freeze_step={self.bn_freeze_step!r} must be an integer >= 0 "
+                             "or None.")
 
     def to_dict(self) -> dict:
         """Plain nested dict."""
@@ -298,11 +309,18 @@ class QuantConfig:
                            merge_overrides(self.by_regex, by_regex or {}),
                            merge_overrides(self.by_name, by_name or {}), self.first_last_bits)
 
-    def unmatched(self, layer_names: Iterable[str]) -> list[str]:
+    def unmatched(self, layer_names: Iterable[str],
+                  known_types: Iterable[str] | None = None) -> list[str]:
         """The ``by_name`` keys and ``by_regex`` patterns that match none of ``layer_names``,
-        described for an error message (empty when every one matches)."""
+        and the ``by_type`` keys that are none of ``known_types`` (when given), described for
+        an error message (empty when every one matches)."""
         names = set(layer_names)
-        problems = [f"by_name key {key!r}" for key in self.by_name if key not in names]
+        problems = []
+        if known_types is not None:
+            types = set(known_types)
+            problems += [f"by_type key {key!r} (no layer class of that name)"
+                         for key in self.by_type if key not in types]
+        problems += [f"by_name key {key!r}" for key in self.by_name if key not in names]
         problems += [f"by_regex pattern {pattern!r} (it must match a whole name)"
                      for pattern in self.by_regex
                      if not any(re.fullmatch(pattern, name) for name in names)]

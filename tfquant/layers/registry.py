@@ -113,6 +113,11 @@ def register_layer(layer_cls: type, kind: str = "output",
     return rule
 
 
+def registered_type_names() -> set[str]:
+    """Class names of every registered layer type (built-in and user-registered)."""
+    return {cls.__name__ for cls in _REGISTRY}
+
+
 def rule_for(layer) -> LayerRule | None:
     """The rule of the most derived registered class of ``layer`` (None: unsupported).
 
