@@ -94,11 +94,13 @@ def load_model(path: str, what: str = "model", quantized: bool | None = None):
 def load_config(text: str | None) -> Any:
     """A preset name (returned as is; None gives ``"tflite_int8"``), or a JSON file holding an
     NNI-style config list or a ``QuantConfig`` dict (returned as a ``QuantConfig``)."""
+    from tfquant.ptq.pipeline import DYNAMIC_RANGE
     from tfquant.specs import PRESETS, QuantConfig
 
+    names = sorted([*PRESETS, DYNAMIC_RANGE])
     if text is None:
         return "tflite_int8"
-    if text in PRESETS or text == "dynamic_range":
+    if text in names:
         return text
     if text.lower().endswith(".json") or os.path.isfile(text):
         if not os.path.isfile(text):
@@ -115,7 +117,7 @@ def load_config(text: str | None) -> Any:
         except (TypeError, ValueError, KeyError) as err:
             raise CLIError(f"invalid config file {text!r}: {one_line(err)}") from None
     raise CLIError(f"unknown config {text!r}: expected a preset "
-                   f"({', '.join(sorted([*PRESETS, 'dynamic_range']))}) or a .json file")
+                   f"({', '.join(names)}) or a .json file")
 
 
 def load_data(args: argparse.Namespace, path: str, model, what: str, labels: str | None = None,

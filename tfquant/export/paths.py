@@ -121,16 +121,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     Example:
         >>> write_atomic("out/model.tflite", flatbuffer)
     """
-    path = check_output_file(path)
-    mode = "wb" if isinstance(data, (bytes, bytearray)) else "w"
-    fd, tmp = _new_temp_file(path, ".partial")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        _write_data(tmp, data)
+
+
+def _write_data(path: str, data: bytes | str) -> None:
+    with open(path, "wb" if isinstance(data, (bytes, bytearray)) else "w") as f:
+        f.write(data)
 
 
 def _remove(path: str) -> None:
@@ -245,9 +242,7 @@ class StagedOutputs:
 
     def write(self, path: str | os.PathLike, data: bytes | str) -> None:
         """Stages ``data`` (bytes or text) as the content of the file ``path``."""
-        tmp = self.path(path)
-        with open(tmp, "wb" if isinstance(data, (bytes, bytearray)) else "w") as f:
-            f.write(data)
+        _write_data(self.path(path), data)
 
     def commit(self) -> None:
         """Moves every staged output into place, in the order they were staged."""

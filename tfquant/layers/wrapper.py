@@ -246,7 +246,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         return y + bias
 
     # ------------------------------------------------------------------- call
-    def _step_counter(self) -> Quantizer:
+    def _step_quantizer(self) -> Quantizer:
         """The quantizer whose counter gives this wrapper's training step (its first)."""
         for quantizer in self.quantizers.values():
             return quantizer
@@ -257,7 +257,7 @@ class QuantizeWrapper(keras.layers.Wrapper):
         bn_step = None
         if training and self.batchnorm is not None and self.spec.bn_freeze_step is not None:
             # read before the quantizers count this step (0-based, like freeze_step)
-            bn_step = self._step_counter().training_step()
+            bn_step = self._step_quantizer().training_step()
         factor = None if self.batchnorm is None else self._fold_factor()
         weights = self.folded_weights(factor)
         if self.rule.weight_view is not None:

@@ -170,7 +170,8 @@ class Quantizer(keras.layers.Layer):
 
     def training_step(self) -> tf.Tensor:
         """The 0-based training step of this call: ``steps`` counts calls, ``calls_per_step``
-        of them per step (a snapshot: reading it after ``assign_add`` sees the new count)."""
+        of them per step. A snapshot (``steps.value`` is the variable itself: read after
+        ``assign_add`` it would give the new count, and step 0 would never occur)."""
         step = tf.identity(self.steps.value)
         return step // self.calls_per_step if self.calls_per_step > 1 else step
 
@@ -188,9 +189,7 @@ class Quantizer(keras.layers.Layer):
         if self.calibration_hook is not None:
             return self.calibration_hook(self, x)
         if training:
-            # Snapshot the counter: ``self.steps.value`` is the variable itself, and reading it
-            # after ``assign_add`` would see the incremented count (step 0 would never occur).
-            step = self.training_step()
+            step = self.training_step()      # read before counting this call
             self.steps.assign_add(1)
             y = self.quantize_training(x, step)
             if self.spec.quant_start_step > 0:
