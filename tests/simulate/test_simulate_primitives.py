@@ -194,6 +194,54 @@ def test_double_path_near_second_stage_ties(right):
     assert got.tolist() == [ref_mbqm(int(a), m, -right) for a in v]
 
 
+@pytest.mark.parametrize("right", [0, 3, 9, 14])
+def test_double_path_folded_addend_and_clamped_negatives(right):
+    """A per-channel addend folded into the rounding constant, and the t < 0 branch dropped
+    where the caller clamps at the zero point: both against the C reference of (v + addend)."""
+    rng = np.random.default_rng(right)
+    m = rng.integers(1 << 30, 1 << 31, 8)
+    e = np.full(8, -right)
+    bound = 255 * 127 * 16
+    addend = rng.integers(-30000, 30000, 8)
+    mode = P.double_requantize_mode(bound + np.abs(addend), m, e)
+    assert mode == "single" and P.addend_folds_exactly(bound, addend, m, e)
+    v = np.concatenate([rng.integers(-bound, bound + 1, (4000, 8)),
+                        np.arange(-300, 300)[:, None] - addend])    # around t = 0
+    want = np.array([[ref_mbqm(int(a + b), int(mc), int(ec)) for a, b, mc, ec
+                      in zip(row, addend, m, e)] for row in v])
+    got = P.multiply_by_quantized_multiplier_double(tf.constant(v, tf.float64), m, e,
+                                                    mode=mode, addend=addend).numpy()
+    np.testing.assert_array_equal(got, want)
+    zp = -128                                            # a fused ReLU's output range
+    clamped = P.multiply_by_quantized_multiplier_double(
+        tf.constant(v, tf.float64), m, e, mode=mode, addend=addend, offset=zp,
+        negatives_clamped=True).numpy()
+    np.testing.assert_array_equal(np.clip(clamped, zp, 127), np.clip(want + zp, zp, 127))
+    assert (want < 0).any()
+
+
+def test_addend_folds_exactly_refuses_sums_beyond_2_pow_53():
+    m, e = (1 << 31) - 1, -10
+    assert P.addend_folds_exactly(1 << 20, 1 << 20, m, e)
+    assert not P.addend_folds_exactly(1 << 21, 1 << 21, m, e)      # 2^22 * 2^31 > 2^53
+    assert not P.addend_folds_exactly(10, 0, m, -22)                # 2^(31+22) alone
+
+
+def test_int8_matmul_is_exact_int32_accumulation():
+    rng = np.random.default_rng(7)
+    k = 4000                                             # 4000 * 128 * 128 > 2^24
+    x = np.concatenate([np.full((1, k), -128), np.full((1, k), 127),
+                        rng.integers(-128, 128, (30, k))]).astype(np.int8)
+    w = np.concatenate([np.full((k, 1), -128), np.full((k, 1), 127),
+                        rng.integers(-128, 128, (k, 5))], axis=1)
+    assert K.int8_matmul_ok(w)
+    got = K.int8_matmul(tf.constant(x), w).numpy()
+    np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
+    assert got[0, 0] == k * 128 * 128
+    assert not K.int8_matmul_ok(np.full((4, 2), 128))              # not an int8 weight
+    assert not K.int8_matmul_ok(np.full((140000, 1), 127))         # could wrap int32
+
+
 def test_double_path_modes():
     assert P.double_requantize_mode(1 << 21, (1 << 31) - 1, -10) == "single"
     assert P.double_requantize_mode(1 << 21, (1 << 31) - 1, -25) == "two_step"
@@ -400,7 +448,8 @@ def _conv_reference(x, w, zp_in, bias):
 
 @pytest.mark.parametrize("channels", [600, 1100])
 def test_conv_and_fc_accumulation_exact_beyond_2_pow_24(channels):
-    """Worst-case weights/inputs whose sums exceed 2^24: the kernels split the reduction."""
+    """Worst-case weights/inputs whose sums exceed 2^24: exact in the kernels (int32 dot), and
+    in the float32 matmul used for weights outside int8, which splits the reduction."""
     rng = np.random.default_rng(channels)
     w = np.where(rng.random((3, 2, 2, channels)) < 0.9, 127, -127).astype(np.int8)
     x = np.where(rng.random((2, 3, 3, channels)) < 0.9, -128, 127).astype(np.int8)
@@ -422,6 +471,9 @@ def test_conv_and_fc_accumulation_exact_beyond_2_pow_24(channels):
     fc_w = w[:, 0, 0, :]
     fc_x = x[:, 0, 0, :]
     fc_acc = (fc_x.astype(np.int64) - zp_in) @ fc_w.astype(np.int64).T + bias
+    float_acc = K.exact_matmul(tf.constant(fc_x, tf.float32) - zp_in, fc_w.T.astype(np.int64),
+                               255).numpy()
+    np.testing.assert_array_equal(float_acc, fc_acc - bias)
     m, e = quantize_multiplier(2.0 ** -20)
     op = Op("FULLY_CONNECTED", (0,), (1,), {
         "filter": fc_w, "bias": bias, "multiplier": np.full(3, m), "shift": np.full(3, e),

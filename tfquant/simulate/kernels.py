@@ -4,24 +4,26 @@ Kernels follow TFLite's reference kernels bit for bit (:data:`KERNELS` maps an o
 kernel; the activation, quantize and softmax kernels are in :mod:`tfquant.simulate.activations`).
 Activations travel between kernels as ``tf.int8`` (``tf.float32`` around QUANTIZE/DEQUANTIZE).
 
-Exact float accumulation:
-    XLA's int32 convolution is very slow on CPU, so CONV_2D (as im2col + matmul) and
-    FULLY_CONNECTED accumulate ``w * (x - zp_in)`` with float32 matmuls. This is exact because
-    every partial sum is a sum of a subset of the products, so its magnitude is at most
-    ``B = max|x - zp_in| * sum_k |w[k, c]|`` for output channel c, and every integer of magnitude
-    <= 2^24 is a float32. When B > 2^24 for some channel the reduction is split into contiguous
-    groups of the K dimension whose bound is <= 2^24 each; every group is computed in float32,
-    converted to int32 and the groups are added in integers. A single row of K whose bound alone
-    exceeds 2^24 cannot happen for int8 (255 * 128 < 2^24); the float64 fallback is exact for
-    any int8 model (2^53). :func:`exact_float_chunks` computes the split.
-    DEPTHWISE_CONV_2D runs tap by tap as element-wise multiply-adds (XLA's depthwise convolution
-    is slow on CPU), in float32 under the same bound, else in int32.
+Accumulation:
+    CONV_2D (as im2col + matmul) and FULLY_CONNECTED multiply the raw int8 input with XLA's
+    int8 x int8 -> int32 dot (:func:`int8_matmul`; exact, and on CPU faster than a float32
+    matmul, while XLA's integer *convolution* is very slow). ``x - zp_in`` does not fit int8, so
+    ``-zp_in * sum(w)`` moves into the bias (:func:`zero_point_into_bias`): the sum is the same
+    integer TFLite forms. DEPTHWISE_CONV_2D runs tap by tap as int32 element-wise multiply-adds
+    of the raw input (XLA's depthwise convolution is slow on CPU), with the same bias shift.
+    Weights outside int8 (a nonzero filter zero point) fall back to float32 matmuls of
+    ``x - zp_in``, exact because every partial sum is a sum of a subset of the products, bounded
+    by ``B = max|x - zp_in| * sum_k |w[k, c]|``: when B > 2^24 the reduction is split into
+    contiguous groups of K whose bound is <= 2^24 each (:func:`exact_float_chunks`), added in
+    integers, else float64 (exact for any int8 model, 2^53).
 
 Requantisation:
     ``MultiplyByQuantizedMultiplier`` runs in float64 with exact floors when
     :func:`tfquant.simulate.primitives.double_requantize_mode` proves it exact from the
-    accumulator bound (the common case; several times cheaper than int64 emulation), otherwise in
-    int64 integer ops.
+    accumulator bound (the common case; several times cheaper than int64 emulation), the bias
+    folded into the rounding constant and the sign branch dropped below a fused ReLU's zero point
+    where that stays exact; the zero point is then added and the result clamped in int32.
+    Otherwise it runs in int64 integer ops.
 
 Example:
     >>> import numpy as np
@@ -37,11 +39,17 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
+from tensorflow.compiler.tf2xla.python import xla
+from tensorflow.compiler.xla import xla_data_pb2
+
 from tfquant.simulate import primitives as P
 from tfquant.simulate.graph import Op
 
 FLOAT32_EXACT = 1 << 24
 INT8_MIN, INT8_MAX = -128, 127
+
+_MATMUL_DIMS = xla_data_pb2.DotDimensionNumbers(lhs_contracting_dimensions=[1],
+                                                rhs_contracting_dimensions=[0])
 
 Kernel = Callable[[Op, list], list]
 KERNELS: dict[str, Kernel] = {}
@@ -64,6 +72,7 @@ def _i64(x: tf.Tensor) -> tf.Tensor:
 
 
 def _to_int8(acc: tf.Tensor, act_min: int, act_max: int) -> tf.Tensor:
+    """Clamps integer values (a float or integer tensor) to ``[act_min, act_max]`` as int8."""
     acc = tf.clip_by_value(acc, tf.constant(act_min, acc.dtype), tf.constant(act_max, acc.dtype))
     if acc.dtype.is_floating:
         acc = tf.cast(acc, tf.int32)
@@ -77,7 +86,8 @@ def _requantize(acc: tf.Tensor, multiplier: Any, shift: Any, output_zp: int, act
     Args:
         acc: exact integer values (a float or integer tensor), channels on the last axis.
         multiplier, shift: per-channel (or scalar) TFLite multiplier pairs.
-        bound: max |acc| (scalar or per channel) when known; enables the double-precision path.
+        bound: max |acc| (scalar or per channel) when known; enables the double-precision path,
+            which adds the zero point and clamps in int32 once the result provably fits.
         bias: optional int32 bias added to ``acc`` first (int32 addition, as in C).
     """
     m = np.asarray(multiplier, np.int64)
@@ -87,11 +97,17 @@ def _requantize(acc: tf.Tensor, multiplier: Any, shift: Any, output_zp: int, act
                                                if bias is not None else 0)
         mode = P.double_requantize_mode(total, m, e) if np.all(total < (1 << 31)) else None
         if mode is not None:
-            x = tf.cast(acc, tf.float64)
-            if bias is not None:
-                x = x + tf.constant(np.asarray(bias, np.float64))
-            y = P.multiply_by_quantized_multiplier_double(x, m, e, offset=output_zp, mode=mode)
-            return _to_int8(y, act_min, act_max)
+            x, addend = tf.cast(acc, tf.float64), bias
+            if bias is not None and mode == "single" and not P.addend_folds_exactly(
+                    bound, bias, m, e):
+                x, addend = x + tf.constant(np.asarray(bias, np.float64)), None
+            y = P.multiply_by_quantized_multiplier_double(
+                x, m, e, mode=mode, addend=addend, negatives_clamped=act_min >= output_zp)
+            # |y| <= |acc + bias| * 2^max(e, 0) + 1, far inside int32 for every real layer
+            if int(np.max(total * np.exp2(np.maximum(e, 0)))) + 256 < (1 << 31):
+                y = tf.cast(y, tf.int32) + output_zp
+                return _to_int8(y, act_min, act_max)
+            return _to_int8(y + output_zp, act_min, act_max)
     x = acc if acc.dtype == tf.int64 else _i64(tf.cast(acc, tf.int32) if acc.dtype.is_floating
                                                 else acc)
     if bias is not None:
@@ -143,6 +159,47 @@ def exact_float_chunks(abs_weight_sums: np.ndarray, x_bound: int,
         start = end
 
 
+def int8_matmul_ok(w: np.ndarray) -> bool:
+    """True when ``x @ w`` for int8 ``x`` can run as XLA's s8 x s8 -> s32 dot: ``w`` holds int8
+    values and no int32 partial sum can wrap (|x| <= 128)."""
+    return (w.size > 0 and int(w.min()) >= INT8_MIN and int(w.max()) <= INT8_MAX
+            and int(np.abs(w).sum(axis=0).max()) * 128 < (1 << 31))
+
+
+def int8_matmul(x: tf.Tensor, w: np.ndarray) -> tf.Tensor:
+    """``x [N, K] @ w [K, O]`` for int8 ``x`` and int8-valued ``w``, accumulated in int32.
+
+    XLA's integer dot on int8 operands is exact (int32 accumulation; :func:`int8_matmul_ok`
+    rules out a wrap) and on CPU faster than the float32 matmul of the same values, with no
+    int8 -> float32 pass over the input. (Its int32 convolution, by contrast, is very slow.)
+    """
+    return xla.dot_general(x, tf.constant(np.asarray(w, np.int8)), _MATMUL_DIMS, None,
+                           preferred_element_type=tf.int32)
+
+
+def zero_point_into_bias(bias: Any, input_zp: int, weight_sums: np.ndarray) -> np.ndarray:
+    """``bias - input_zp * sum(w)`` per output channel (int64), so that ``sum(x * w) + bias'``
+    over the raw int8 inputs is the integer ``sum((x - zp) * w) + bias`` TFLite forms.
+
+    Padding with ``zp_in`` stays exact: a padded tap adds ``zp * w`` to the raw sum, which the
+    shifted bias takes back out, as TFLite's ``(zp - zp) * w`` adds nothing.
+    """
+    base = np.asarray(bias, np.int64) if bias is not None else np.int64(0)
+    return base - int(input_zp) * np.asarray(weight_sums, np.int64)
+
+
+def raw_input_matmul(x: tf.Tensor, w: np.ndarray, input_zp: int, bias: Any
+                     ) -> tuple[tf.Tensor, np.ndarray, np.ndarray]:
+    """``(x - input_zp) @ w + bias`` as ``(x @ w, bound of |x @ w| per column, bias')``.
+
+    ``x - zp`` does not fit int8 (up to 255), so the product runs on the raw int8 values with
+    :func:`int8_matmul` and the zero point moves into the bias (:func:`zero_point_into_bias`).
+    """
+    w = np.asarray(w, np.int64)
+    return (int8_matmul(x, w), np.abs(w).sum(axis=0) * -INT8_MIN,
+            zero_point_into_bias(bias, input_zp, w.sum(axis=0)))
+
+
 def exact_matmul(x_f: tf.Tensor, w: np.ndarray, x_range: int) -> tf.Tensor:
     """``x_f [N, K] @ w [K, O]`` for integer-valued float32 ``x_f`` (|x_f| <= x_range), exactly.
 
@@ -183,15 +240,20 @@ def conv_2d(op: Op, inputs: list) -> list:
     out_channels, kh, kw, group_channels = filt.shape
     groups = int(x.shape[-1]) // group_channels
     x_range = _input_range(p["input_zp"])
+    bias = p.get("bias")
+    bound = np.abs(filt).sum(axis=(1, 2, 3)) * x_range
+    w = np.transpose(filt, (1, 2, 3, 0)).reshape(-1, out_channels)       # rows: (kh, kw, i)
     if groups == 1:
-        # im2col on the int8 input (padding with zp_in contributes 0 after subtracting zp_in)
-        taps = [tf.cast(t, tf.float32) - float(p["input_zp"])
-                for _, t in window_taps(x, (kh, kw), tuple(p["strides"]),
-                                        tuple(p["dilations"]), p["padding"], p["input_zp"])]
+        # im2col on the int8 input, padded with zp_in (which contributes 0 to x - zp_in)
+        taps = [t for _, t in window_taps(x, (kh, kw), tuple(p["strides"]),
+                                          tuple(p["dilations"]), p["padding"], p["input_zp"])]
         patches = taps[0] if len(taps) == 1 else tf.concat(taps, axis=-1)
         out_shape = tf.concat([tf.shape(patches)[:-1], [out_channels]], axis=0)
-        w = np.transpose(filt, (1, 2, 3, 0)).reshape(-1, out_channels)   # rows: (kh, kw, i)
-        acc = exact_matmul(tf.reshape(patches, (-1, w.shape[0])), w, x_range)
+        rows = tf.reshape(patches, (-1, w.shape[0]))
+        if int8_matmul_ok(w):
+            acc, bound, bias = raw_input_matmul(rows, w, p["input_zp"], bias)
+        else:
+            acc = exact_matmul(tf.cast(rows, tf.float32) - float(p["input_zp"]), w, x_range)
         acc = tf.reshape(acc, out_shape)
     else:
         x_f = tf.cast(x, tf.float32) - float(p["input_zp"])
@@ -201,9 +263,8 @@ def conv_2d(op: Op, inputs: list) -> list:
                            tf.constant(np.transpose(filt, (1, 2, 3, 0)), dtype),
                            strides=(1, *p["strides"], 1), padding=p["padding"],
                            dilations=(1, *p["dilations"], 1))
-    bound = np.abs(filt).sum(axis=(1, 2, 3)) * x_range
     return [_requantize(acc, p["multiplier"], p["shift"], p["output_zp"], p["act_min"],
-                        p["act_max"], bound=bound, bias=p.get("bias"))]
+                        p["act_max"], bound=bound, bias=bias)]
 
 
 def window_taps(x: tf.Tensor, window: tuple[int, int], strides: tuple[int, int],
@@ -247,8 +308,9 @@ def window_taps(x: tf.Tensor, window: tuple[int, int], strides: tuple[int, int],
 def depthwise_conv_2d(op: Op, inputs: list) -> list:
     """Per-channel int8 depthwise convolution with a depth multiplier.
 
-    Computed tap by tap as element-wise multiply-adds (XLA's depthwise convolution is slow on
-    CPU), in float32 when every partial sum stays within 2^24 (exact), otherwise in int32.
+    Computed tap by tap as element-wise multiply-adds of the raw int8 input in int32 (XLA's
+    depthwise convolution is slow on CPU, and its int32 element-wise code beats float32 here);
+    the zero point moves into the bias as in :func:`raw_input_matmul`, so no tap subtracts it.
     """
     p = op.params
     x = inputs[0]
@@ -256,19 +318,19 @@ def depthwise_conv_2d(op: Op, inputs: list) -> list:
     kh, kw, out_channels = filt.shape[1], filt.shape[2], filt.shape[3]
     in_channels = int(x.shape[-1])
     multiplier = out_channels // in_channels
-    bound = np.abs(filt).sum(axis=(0, 1, 2)) * _input_range(p["input_zp"])
-    dtype = tf.float32 if int(bound.max()) <= FLOAT32_EXACT else tf.int32
+    bound = np.abs(filt).sum(axis=(0, 1, 2)) * (-INT8_MIN)    # max |sum of x * w|
+    dtype = tf.int32 if int(bound.max()) < (1 << 31) else tf.int64
     if multiplier != 1:                                  # output o = i * M + k reads input i
         x = tf.repeat(x, multiplier, axis=-1)
     acc = None
-    # taps of the int8 input padded with zp_in (a padded tap then contributes 0)
+    # taps of the int8 input padded with zp_in (a padded tap then contributes 0 to x - zp_in)
     for (i, j), tap in window_taps(x, (kh, kw), tuple(p["strides"]), tuple(p["dilations"]),
                                    p["padding"], p["input_zp"]):
-        term = (tf.cast(tap, dtype) - tf.constant(p["input_zp"], dtype)) * tf.constant(
-            filt[0, i, j], dtype)
+        term = tf.cast(tap, dtype) * tf.constant(filt[0, i, j], dtype)
         acc = term if acc is None else acc + term
+    bias = zero_point_into_bias(p.get("bias"), p["input_zp"], filt.sum(axis=(0, 1, 2)))
     return [_requantize(acc, p["multiplier"], p["shift"], p["output_zp"], p["act_min"],
-                        p["act_max"], bound=bound, bias=p.get("bias"))]
+                        p["act_max"], bound=bound, bias=bias)]
 
 
 @register("FULLY_CONNECTED")
@@ -281,14 +343,18 @@ def fully_connected(op: Op, inputs: list) -> list:
     w = filt - filter_zp                                   # (filter_val + filter_offset)
     k = w.shape[1]
     lead = tf.shape(x)[:-1]
-    x_f = tf.reshape(tf.cast(x, tf.float32) - float(p["input_zp"]), (-1, k))
+    rows = tf.reshape(x, (-1, k))
     wt = w.T                                               # [K, O]
-    acc = exact_matmul(x_f, wt, _input_range(p["input_zp"]))
     bias = p.get("bias")
+    bound = np.abs(wt).sum(axis=0) * _input_range(p["input_zp"])
+    if int8_matmul_ok(wt):
+        acc, bound, bias = raw_input_matmul(rows, wt, p["input_zp"], bias)
+    else:
+        acc = exact_matmul(tf.cast(rows, tf.float32) - float(p["input_zp"]), wt,
+                           _input_range(p["input_zp"]))
     if p.get("requantize", "fixed_point") == "double":
         # reference FullyConnected of current LiteRT: int32 acc, then round(acc * double scale)
-        total = np.abs(wt).sum(axis=0) * _input_range(p["input_zp"]) + (
-            np.abs(np.asarray(bias, np.int64)) if bias is not None else 0)
+        total = bound + (np.abs(np.asarray(bias, np.int64)) if bias is not None else 0)
         if np.all(total < (1 << 31)):
             accd = tf.cast(acc, tf.float64)
             if bias is not None:
@@ -302,7 +368,6 @@ def fully_connected(op: Op, inputs: list) -> list:
         out = _i64(P.round_half_away(scaled)) + p["output_zp"]
         y = _to_int8(out, p["act_min"], p["act_max"])
     else:
-        bound = np.abs(wt).sum(axis=0) * _input_range(p["input_zp"])
         y = _requantize(acc, p["multiplier"], p["shift"], p["output_zp"], p["act_min"],
                         p["act_max"], bound=bound, bias=bias)
     if p.get("keep_num_dims"):
@@ -314,19 +379,39 @@ def fully_connected(op: Op, inputs: list) -> list:
 # element-wise binary ops
 # ----------------------------------------------------------------------------------------------
 def _add_sub(op: Op, inputs: list, sign: int) -> list:
+    """TFLite's int8 ``AddElementwise``/Sub: each input rescaled to a common 2^20-scaled grid,
+    summed in int32, then requantised.
+
+    When both input rescalings are exact in double (:func:`P.double_requantize_mode`; always for
+    8-bit inputs) the whole op runs on float64 integers: the rescaled inputs and their sum stay
+    below 2^32, so nothing rounds, and the output requantisation gets the sum's bound.
+    """
     p = op.params
+    k = p["left_shift"]
+    ranges = [_input_range(p["input_zp"][i]) for i in range(2)]
+    pairs = [(np.asarray(p["input_multiplier"][i], np.int64),
+              np.asarray(p["input_shift"][i], np.int64)) for i in range(2)]
+    modes = [P.double_requantize_mode(ranges[i], *pairs[i], k=k) for i in range(2)]
+    if all(mode is not None for mode in modes):
+        scaled, bound = [], 0
+        for i in range(2):
+            v = tf.cast(inputs[i], tf.float64) - float(p["input_zp"][i])
+            scaled.append(P.multiply_by_quantized_multiplier_double(v, *pairs[i], k=k,
+                                                                    mode=modes[i]))
+            extremes = np.array([ranges[i], -ranges[i]], np.int64) << k
+            bound += int(np.abs(P.multiply_by_quantized_multiplier(extremes, *pairs[i])).max())
+        if bound < (1 << 31):                            # the int32 sum cannot wrap
+            raw = scaled[0] + scaled[1] if sign > 0 else scaled[0] - scaled[1]
+            return [_requantize(raw, p["output_multiplier"], p["output_shift"], p["output_zp"],
+                                p["act_min"], p["act_max"], bound=bound)]
     scaled = []
     for i in range(2):
         v = _i64(inputs[i]) - p["input_zp"][i]
-        m = np.asarray(p["input_multiplier"][i], np.int64)
-        e = np.asarray(p["input_shift"][i], np.int64)
-        mode = P.double_requantize_mode(_input_range(p["input_zp"][i]), m, e, k=p["left_shift"])
-        if mode is not None:
+        if modes[i] is not None:
             scaled.append(_i64(P.multiply_by_quantized_multiplier_double(
-                tf.cast(v, tf.float64), m, e, k=p["left_shift"], mode=mode)))
+                tf.cast(v, tf.float64), *pairs[i], k=k, mode=modes[i])))
         else:
-            shifted = v * (1 << p["left_shift"])
-            scaled.append(P.multiply_by_quantized_multiplier(shifted, m, e))
+            scaled.append(P.multiply_by_quantized_multiplier(v * (1 << k), *pairs[i]))
     raw = P.wrap_int32(scaled[0] + sign * scaled[1])
     return [_requantize(raw, p["output_multiplier"], p["output_shift"], p["output_zp"],
                         p["act_min"], p["act_max"])]

@@ -240,9 +240,35 @@ def double_requantize_is_exact(bound: Any, multiplier: Any, shift: Any, k: int =
     return double_requantize_mode(bound, multiplier, shift, k) is not None
 
 
+def addend_folds_exactly(bound: Any, addend: Any, multiplier: Any, shift: Any, k: int = 0) -> bool:
+    """True when :func:`multiply_by_quantized_multiplier_double` may fold ``addend`` into its
+    rounding constant (``"single"`` mode).
+
+    With ``|v| <= bound`` every term, ``v * M``, ``addend * M`` and the rounding constant (< 1),
+    is an integer multiple of ``2^-(31+r)``; when ``(bound + |addend|) * m * 2^(k+l) + 2^(31+r)
+    < 2^53`` each of them and every partial sum is such a multiple below ``2^53`` units, so the
+    folded evaluation ``v * M + (addend * M + c)`` never rounds.
+
+    Example:
+        >>> addend_folds_exactly(255 * 127 * 9, 20000, 1 << 30, -8)
+        True
+    """
+    m = np.asarray(multiplier, np.int64).reshape(-1)
+    e = np.broadcast_to(np.asarray(shift, np.int64).reshape(-1), m.shape)
+    total = np.broadcast_to(np.asarray(bound, np.int64).reshape(-1) + np.abs(
+        np.asarray(addend, np.int64).reshape(-1)), m.shape)
+    for tc, mc, ec in zip(total.tolist(), m.tolist(), e.tolist()):
+        left, right = max(ec, 0) + k, max(-ec, 0)
+        if (tc * mc << left) + (1 << (31 + right)) >= (1 << 53):
+            return False
+    return True
+
+
 def multiply_by_quantized_multiplier_double(v: Any, multiplier: Any, shift: Any, k: int = 0,
-                                            offset: int = 0, mode: str = "single") -> tf.Tensor:
-    """``MultiplyByQuantizedMultiplier(v * 2^k, m, e) + offset`` with exact double floors.
+                                            offset: int = 0, mode: str = "single",
+                                            addend: Any = None,
+                                            negatives_clamped: bool = False) -> tf.Tensor:
+    """``MultiplyByQuantizedMultiplier((v + addend) * 2^k, m, e) + offset`` with exact floors.
 
     With ``z = v * m * 2^(k+l)`` (``l = max(e, 0)``, ``r = max(-e, 0)``) TFLite computes
     ``t = floor((z + 2^30) / 2^31)`` and then rounds ``t / 2^r`` half away from zero. Since
@@ -255,13 +281,22 @@ def multiply_by_quantized_multiplier_double(v: Any, multiplier: Any, shift: Any,
     and ``y = floor(p + 1/2)`` when r = 0. ``mode="two_step"`` keeps the two floors (for large
     r). The caller must check :func:`double_requantize_mode`; then the result equals the int32
     reference bit for bit, several times cheaper than 64-bit integer emulation on CPUs.
+    ``offset`` is added after the floor (an exact integer addition, whatever its size).
 
     Args:
         v: float64 tensor of integer values (channels on the last axis for per-channel pairs).
         multiplier, shift: numpy arrays or ints.
         k: extra left shift of the input (20 for ADD/SUB inputs).
         offset: an integer added to the result (the output zero point).
-        mode: ``"single"`` or ``"two_step"``, from :func:`double_requantize_mode`.
+        mode: ``"single"`` or ``"two_step"``, from :func:`double_requantize_mode` (for the bound
+            of ``|v + addend|``).
+        addend: optional integers (per channel) added to ``v`` first, e.g. a bias. In
+            ``"single"`` mode it is folded into the rounding constant (one addition per element
+            fewer); the caller must then also have checked :func:`addend_folds_exactly`.
+        negatives_clamped: the caller clamps every result below ``offset`` away (an output
+            range starting at the zero point, as after a fused ReLU); the ``t < 0`` rounding is
+            then not computed, since it and the ``t >= 0`` one both give values ``<= offset``
+            there.
 
     Returns:
         A float64 tensor holding the integer results.
@@ -271,20 +306,34 @@ def multiply_by_quantized_multiplier_double(v: Any, multiplier: Any, shift: Any,
     left = np.maximum(e, 0)
     right = np.maximum(-e, 0).astype(np.float64)
     v = tf.convert_to_tensor(v, tf.float64)
+    if addend is not None and mode == "single":
+        folded = np.asarray(addend, np.float64) * (m * np.exp2(left + k - 31.0 - right))
+    else:
+        folded = 0.0
+        if addend is not None:
+            v = v + tf.constant(np.asarray(addend, np.float64))
     if mode == "two_step":
         t = tf.floor(v * tf.constant(m * np.exp2(left + k - 31.0)) + 0.5)
-        positive = np.where(right > 0, 0.5, 0.0) + offset
-        negative = np.where(right > 0, 0.5 - np.exp2(-right), 0.0) + offset
         u = t * tf.constant(np.exp2(-right))
-        return tf.floor(u + tf.where(t < 0, tf.constant(negative), tf.constant(positive)))
+        positive = np.where(right > 0, 0.5, 0.0)
+        if negatives_clamped:
+            y = tf.floor(u + tf.constant(positive))
+        else:
+            negative = np.where(right > 0, 0.5 - np.exp2(-right), 0.0)
+            y = tf.floor(u + tf.where(t < 0, tf.constant(negative), tf.constant(positive)))
+        return y + offset if offset else y
     half = np.exp2(-1.0 - right)
-    positive = np.where(right > 0, half + 0.5, 0.5) + offset
-    negative = np.where(right > 0, half + 0.5 - np.exp2(-right), 0.5) + offset
+    positive = np.where(right > 0, half + 0.5, 0.5)
+    negative = np.where(right > 0, half + 0.5 - np.exp2(-right), 0.5)
     p = v * tf.constant(m * np.exp2(left + k - 31.0 - right))
-    if np.array_equal(positive, negative):
-        return tf.floor(p + tf.constant(positive))
-    return tf.floor(p + tf.where(p < tf.constant(-half), tf.constant(negative),
-                                 tf.constant(positive)))
+    if negatives_clamped or np.array_equal(positive, negative):
+        y = tf.floor(p + tf.constant(positive + folded))
+    else:
+        # t < 0 <=> p < -half; with the addend folded, p lacks addend * M
+        y = tf.floor(p + tf.where(p < tf.constant(-half - folded),
+                                  tf.constant(negative + folded),
+                                  tf.constant(positive + folded)))
+    return y + offset if offset else y
 
 
 def round_half_away(x: Any) -> tf.Tensor:
