@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfquant.qparams import quantize_multiplier
 from tfquant.simulate import builders as B
 from tfquant.simulate import kernels as K
+from tfquant.simulate import matmul as MM
 from tfquant.simulate import primitives as P
 from tfquant.simulate.graph import Op
 
@@ -234,12 +235,12 @@ def test_int8_matmul_is_exact_int32_accumulation():
                         rng.integers(-128, 128, (30, k))]).astype(np.int8)
     w = np.concatenate([np.full((k, 1), -128), np.full((k, 1), 127),
                         rng.integers(-128, 128, (k, 5))], axis=1)
-    assert K.int8_matmul_ok(w)
-    got = K.int8_matmul(tf.constant(x), w).numpy()
+    assert MM.int8_matmul_ok(w)
+    got = MM.int8_matmul(tf.constant(x), w).numpy()
     np.testing.assert_array_equal(got, x.astype(np.int64) @ w.astype(np.int64))
     assert got[0, 0] == k * 128 * 128
-    assert not K.int8_matmul_ok(np.full((4, 2), 128))              # not an int8 weight
-    assert not K.int8_matmul_ok(np.full((140000, 1), 127))         # could wrap int32
+    assert not MM.int8_matmul_ok(np.full((4, 2), 128))              # not an int8 weight
+    assert not MM.int8_matmul_ok(np.full((140000, 1), 127))         # could wrap int32
 
 
 def test_double_path_modes():
@@ -402,9 +403,9 @@ def test_hard_swish_params_are_16_bit():
 # ----------------------------------------------------------------------------------------------
 def test_exact_float_chunks_split_at_2_pow_24():
     sums = np.full((600, 4), 127)                 # each input channel: 255 * 127 = 32385
-    assert K.exact_float_chunks(sums, 255) == [(0, 518), (518, 600)]   # 518 * 32385 < 2^24
-    assert K.exact_float_chunks(np.full((3, 2), 10), 255) == [(0, 3)]
-    assert K.exact_float_chunks(np.full((2, 1), 70000), 255) is None   # one channel > 2^24
+    assert MM.exact_float_chunks(sums, 255) == [(0, 518), (518, 600)]   # 518 * 32385 < 2^24
+    assert MM.exact_float_chunks(np.full((3, 2), 10), 255) == [(0, 3)]
+    assert MM.exact_float_chunks(np.full((2, 1), 70000), 255) is None   # one channel > 2^24
 
 
 def _greedy_chunks(sums, x_bound, limit):
@@ -427,7 +428,7 @@ def test_exact_float_chunks_is_the_greedy_split():
         high = int(rng.choice([10, 128, 2000, 70000]))
         sums = rng.integers(0, high, (int(rng.integers(0, 40)), int(rng.integers(1, 5))))
         x_bound, limit = int(rng.integers(1, 256)), int(rng.choice([1000, 50000, 1 << 24]))
-        chunks = K.exact_float_chunks(sums, x_bound, limit)
+        chunks = MM.exact_float_chunks(sums, x_bound, limit)
         assert chunks == _greedy_chunks(sums, x_bound, limit)
         for start, end in chunks or ():
             assert (sums[start:end].sum(axis=0) * x_bound).max(initial=0) <= limit
@@ -471,7 +472,7 @@ def test_conv_and_fc_accumulation_exact_beyond_2_pow_24(channels):
     fc_w = w[:, 0, 0, :]
     fc_x = x[:, 0, 0, :]
     fc_acc = (fc_x.astype(np.int64) - zp_in) @ fc_w.astype(np.int64).T + bias
-    float_acc = K.exact_matmul(tf.constant(fc_x, tf.float32) - zp_in, fc_w.T.astype(np.int64),
+    float_acc = MM.exact_matmul(tf.constant(fc_x, tf.float32) - zp_in, fc_w.T.astype(np.int64),
                                255).numpy()
     np.testing.assert_array_equal(float_acc, fc_acc - bias)
     m, e = quantize_multiplier(2.0 ** -20)

@@ -5,17 +5,10 @@ kernel; the activation, quantize and softmax kernels are in :mod:`tfquant.simula
 Activations travel between kernels as ``tf.int8`` (``tf.float32`` around QUANTIZE/DEQUANTIZE).
 
 Accumulation:
-    CONV_2D (as im2col + matmul) and FULLY_CONNECTED multiply the raw int8 input with XLA's
-    int8 x int8 -> int32 dot (:func:`int8_matmul`; exact, and on CPU faster than a float32
-    matmul, while XLA's integer *convolution* is very slow). ``x - zp_in`` does not fit int8, so
-    ``-zp_in * sum(w)`` moves into the bias (:func:`zero_point_into_bias`): the sum is the same
-    integer TFLite forms. DEPTHWISE_CONV_2D runs tap by tap as int32 element-wise multiply-adds
-    of the raw input (XLA's depthwise convolution is slow on CPU), with the same bias shift.
-    Weights outside int8 (a nonzero filter zero point) fall back to float32 matmuls of
-    ``x - zp_in``, exact because every partial sum is a sum of a subset of the products, bounded
-    by ``B = max|x - zp_in| * sum_k |w[k, c]|``: when B > 2^24 the reduction is split into
-    contiguous groups of K whose bound is <= 2^24 each (:func:`exact_float_chunks`), added in
-    integers, else float64 (exact for any int8 model, 2^53).
+    CONV_2D (im2col) and FULLY_CONNECTED run on XLA's int8 x int8 -> int32 dot, with the input
+    zero point moved into the bias (:mod:`tfquant.simulate.matmul`, which also has the exact
+    float32 fallback); DEPTHWISE_CONV_2D sums int32 taps of the raw input (XLA's depthwise
+    convolution is slow on CPU), with the same bias shift.
 
 Requantisation:
     ``MultiplyByQuantizedMultiplier`` runs in float64 with exact floors when
@@ -24,12 +17,6 @@ Requantisation:
     folded into the rounding constant and the sign branch dropped below a fused ReLU's zero point
     where that stays exact; the zero point is then added and the result clamped in int32.
     Otherwise it runs in int64 integer ops.
-
-Example:
-    >>> import numpy as np
-    >>> w = np.full((600, 4), 127)                          # K = 600: 600 * 255 * 127 > 2^24
-    >>> exact_float_chunks(w, 255)
-    [(0, 518), (518, 600)]
 """
 
 from __future__ import annotations
@@ -39,17 +26,10 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from tensorflow.compiler.tf2xla.python import xla
-from tensorflow.compiler.xla import xla_data_pb2
-
 from tfquant.simulate import primitives as P
 from tfquant.simulate.graph import Op
-
-FLOAT32_EXACT = 1 << 24
-INT8_MIN, INT8_MAX = -128, 127
-
-_MATMUL_DIMS = xla_data_pb2.DotDimensionNumbers(lhs_contracting_dimensions=[1],
-                                                rhs_contracting_dimensions=[0])
+from tfquant.simulate.matmul import (FLOAT32_EXACT, INT8_MAX, INT8_MIN, exact_matmul,
+                                     int8_matmul_ok, raw_input_matmul, zero_point_into_bias)
 
 Kernel = Callable[[Op, list], list]
 KERNELS: dict[str, Kernel] = {}
@@ -125,101 +105,6 @@ def _lut(x: tf.Tensor, table: Any) -> tf.Tensor:
 def _input_range(zp: int) -> int:
     """max |q - zp| over int8 q."""
     return max(INT8_MAX - zp, zp - INT8_MIN)
-
-
-def exact_float_chunks(abs_weight_sums: np.ndarray, x_bound: int,
-                       limit: int = FLOAT32_EXACT) -> list[tuple[int, int]] | None:
-    """Splits input channels into contiguous groups whose float32 accumulation is exact.
-
-    Args:
-        abs_weight_sums: ``[I, O]`` array, sum of |w| over the taps of input channel i feeding
-            output channel o.
-        x_bound: max |x - zp_in|.
-        limit: the largest exactly representable magnitude (2^24 for float32).
-
-    Returns:
-        ``[(start, end), ...]`` covering ``range(I)``, or None when one channel alone exceeds the
-        limit (the caller then uses float64).
-    """
-    sums = np.asarray(abs_weight_sums, np.int64) * int(x_bound)
-    if np.any(sums > limit):
-        return None
-    # Greedy, as a loop over rows would do it, with one cumulative sum: a group ends before the
-    # first row whose running sum (from the group's start) exceeds the limit on some channel.
-    cumulative = np.cumsum(sums, axis=0)
-    chunks, start = [], 0
-    while True:
-        before = cumulative[start - 1] if start else 0
-        over = np.any(cumulative[start:] - before > limit, axis=-1)
-        if not over.any():
-            chunks.append((start, sums.shape[0]))
-            return chunks
-        end = start + int(np.argmax(over))
-        chunks.append((start, end))
-        start = end
-
-
-def int8_matmul_ok(w: np.ndarray) -> bool:
-    """True when ``x @ w`` for int8 ``x`` can run as XLA's s8 x s8 -> s32 dot: ``w`` holds int8
-    values and no int32 partial sum can wrap (|x| <= 128)."""
-    return (w.size > 0 and int(w.min()) >= INT8_MIN and int(w.max()) <= INT8_MAX
-            and int(np.abs(w).sum(axis=0).max()) * 128 < (1 << 31))
-
-
-def int8_matmul(x: tf.Tensor, w: np.ndarray) -> tf.Tensor:
-    """``x [N, K] @ w [K, O]`` for int8 ``x`` and int8-valued ``w``, accumulated in int32.
-
-    XLA's integer dot on int8 operands is exact (int32 accumulation; :func:`int8_matmul_ok`
-    rules out a wrap) and on CPU faster than the float32 matmul of the same values, with no
-    int8 -> float32 pass over the input. (Its int32 convolution, by contrast, is very slow.)
-    """
-    return xla.dot_general(x, tf.constant(np.asarray(w, np.int8)), _MATMUL_DIMS, None,
-                           preferred_element_type=tf.int32)
-
-
-def zero_point_into_bias(bias: Any, input_zp: int, weight_sums: np.ndarray) -> np.ndarray:
-    """``bias - input_zp * sum(w)`` per output channel (int64), so that ``sum(x * w) + bias'``
-    over the raw int8 inputs is the integer ``sum((x - zp) * w) + bias`` TFLite forms.
-
-    Padding with ``zp_in`` stays exact: a padded tap adds ``zp * w`` to the raw sum, which the
-    shifted bias takes back out, as TFLite's ``(zp - zp) * w`` adds nothing.
-    """
-    base = np.asarray(bias, np.int64) if bias is not None else np.int64(0)
-    return base - int(input_zp) * np.asarray(weight_sums, np.int64)
-
-
-def raw_input_matmul(x: tf.Tensor, w: np.ndarray, input_zp: int, bias: Any
-                     ) -> tuple[tf.Tensor, np.ndarray, np.ndarray]:
-    """``(x - input_zp) @ w + bias`` as ``(x @ w, bound of |x @ w| per column, bias')``.
-
-    ``x - zp`` does not fit int8 (up to 255), so the product runs on the raw int8 values with
-    :func:`int8_matmul` and the zero point moves into the bias (:func:`zero_point_into_bias`).
-    """
-    w = np.asarray(w, np.int64)
-    return (int8_matmul(x, w), np.abs(w).sum(axis=0) * -INT8_MIN,
-            zero_point_into_bias(bias, input_zp, w.sum(axis=0)))
-
-
-def exact_matmul(x_f: tf.Tensor, w: np.ndarray, x_range: int) -> tf.Tensor:
-    """``x_f [N, K] @ w [K, O]`` for integer-valued float32 ``x_f`` (|x_f| <= x_range), exactly.
-
-    Runs one float32 matmul when every partial sum stays within 2^24, else float32 matmuls over
-    groups of K whose partial sums do (added in int64), else one float64 matmul.
-
-    Returns:
-        A float32/float64 tensor of exact integers, or an int64 tensor when the sum was split.
-    """
-    chunks = exact_float_chunks(np.abs(w), x_range)
-    if chunks is None:
-        return tf.matmul(tf.cast(x_f, tf.float64), tf.constant(w, tf.float64))
-    if len(chunks) == 1:
-        return tf.matmul(x_f, tf.constant(w, tf.float32))
-    total = None
-    for start, end in chunks:
-        part = tf.matmul(x_f[:, start:end], tf.constant(w[start:end], tf.float32))
-        part = _i64(tf.cast(part, tf.int32))
-        total = part if total is None else total + part
-    return total
 
 
 # ----------------------------------------------------------------------------------------------
