@@ -489,3 +489,75 @@ def test_report_describes_a_weighted_layer_whose_activation_tflite_runs_apart():
     fc = qmodel.get_layer("quant_fc")
     assert fc.pre_activation_quantizer is not None
     assert fc.output_quantizer.spec.learner == "fixed"
+
+
+def _shared_block_model(share_conv: bool = True):
+    """Two inputs through Conv -> BN -> ReLU (the conv shared, or one conv per input) -> Add."""
+    rng = np.random.default_rng(3)
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    convs = ([keras.layers.Conv2D(4, 3, name="shared_conv")] * 2 if share_conv else
+             [keras.layers.Conv2D(4, 3, name=f"conv_{i}") for i in range(2)])
+    bn = keras.layers.BatchNormalization(name="shared_bn")
+    relu = keras.layers.ReLU(name="shared_relu")
+    out = keras.layers.Add(name="add")([relu(bn(convs[0](a))), relu(bn(convs[1](b)))])
+    model = keras.Model([a, b], out)
+    bn.set_weights([rng.uniform(0.5, 1.5, 4), rng.normal(0, 0.3, 4), rng.normal(0, 0.3, 4),
+                    rng.uniform(0.5, 1.5, 4)])
+    return model
+
+
+def test_shared_conv_bn_relu_block_folds_and_fuses_at_every_call(rng):
+    model = _shared_block_model()
+    qmodel = tfquant.quantize_model(model)
+    report = qmodel.quantization_report
+    assert report["shared_bn"].action == "fold"
+    assert report["shared_relu"].action == "fused"
+    assert "folded and fused the same way at every call" in report["shared_conv"].detail
+    xs = [rng.uniform(0, 1, (6, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    _disable_all(qmodel)                       # folded inference == conv -> BN -> ReLU in float
+    np.testing.assert_allclose(qmodel(xs, training=False).numpy(),
+                               model(xs, training=False).numpy(), atol=1e-5)
+
+    # training: the folded BN updates its moving statistics at both calls, as Keras' BN does
+    y = rng.normal(size=(6, 6, 6, 4)).astype(np.float32)
+    for m in (model, qmodel):
+        m.compile(keras.optimizers.SGD(0.0), "mse")
+        m.fit(xs, y, batch_size=6, verbose=0, shuffle=False)
+    folded = [v for v in qmodel.get_layer("quant_shared_conv").weights
+              if v.path.endswith("moving_mean")]
+    np.testing.assert_allclose(folded[0].numpy(),
+                               model.get_layer("shared_bn").moving_mean.numpy(), atol=1e-6)
+    assert not np.allclose(folded[0].numpy(), _shared_block_model().get_layer(
+        "shared_bn").moving_mean.numpy())
+
+    qmodel = tfquant.quantize_model(_shared_block_model())
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(xs, y, epochs=2, verbose=0)
+    flatbuffer = tfquant.export.tflite(qmodel, input_type="int8")   # strict: no float op
+    result = tfquant.verify(qmodel, flatbuffer, xs)
+    assert result.within_tolerance and result.bit_exact_fraction == 1.0
+
+
+def test_shared_block_read_elsewhere_is_not_folded_and_says_why():
+    a, b = keras.Input((8, 8, 3), name="a"), keras.Input((8, 8, 3), name="b")
+    conv = keras.layers.Conv2D(4, 3, name="shared_conv")
+    bn = keras.layers.BatchNormalization(name="bn")
+    out = keras.layers.Add(name="add")([bn(conv(a)), conv(b)])    # BN after one call only
+    report = tfquant.quantize_model(keras.Model([a, b], out)).quantization_report
+    assert report["bn"].action == "quantize"
+    assert "1x1 depthwise" in report["bn"].detail
+    assert "applied 2 times (shared): folding a BatchNormalization" in (
+        report["shared_conv"].detail)
+
+
+def test_batchnorm_shared_by_two_convs_runs_as_one_carrier(rng):
+    model = _shared_block_model(share_conv=False)
+    qmodel = tfquant.quantize_model(model)
+    report = qmodel.quantization_report
+    assert report["conv_0"].action == report["conv_1"].action == "quantize"
+    assert "1x1 depthwise" in report["shared_bn"].detail
+    xs = [rng.uniform(0, 1, (6, 8, 8, 3)).astype(np.float32) for _ in range(2)]
+    qmodel.compile(keras.optimizers.Adam(1e-3), "mse")
+    qmodel.fit(xs, rng.normal(size=(6, 6, 6, 4)).astype(np.float32), verbose=0)
+    result = tfquant.verify(qmodel, tfquant.export.tflite(qmodel, input_type="int8"), xs)
+    assert result.within_tolerance

@@ -304,22 +304,26 @@ def _plan(flat: keras.Model, config: QuantConfig, annotations, annotate_all: boo
     consumers = _consumers(flat)
     for op in ordered:
         decision = plan[id(op)]
-        if decision.action != "quantize" or _num_nodes(op) != 1:
+        if decision.action != "quantize":
             continue
         rule = rule_for(op)
+        carrier = (batchnorm_carrier(op) is not None and decision.spec.weights is not None
+                   and decision.spec.fold_bn)
+        if carrier:
+            decision.carrier = True
+            decision.reason = "standalone BN: runs as a 1x1 depthwise convolution it folds into"
         tail = op
         if rule.kind == "weighted":
             tail = _try_fold(op, decision, consumers, plan)
             fusable_tail = activation_name(getattr(op, "activation", None)) == "linear"
-        elif (batchnorm_carrier(op) is not None and decision.spec.weights is not None
-              and decision.spec.fold_bn):
-            decision.carrier = True
-            decision.reason = "standalone BN: runs as a 1x1 depthwise convolution it folds into"
+        elif carrier:
             fusable_tail = True
         else:
             fusable_tail = isinstance(op, _FUSING_ELEMENTWISE)
         if fusable_tail:
             _try_fuse(op, tail, decision, consumers, plan)
+        if _num_nodes(op) != 1:
+            _explain_shared(op, decision)
     _round_once_into_concatenations(flat, ordered, plan, consumers)
     _apply_first_last_bits(ordered, plan, config, annotations)
     return plan
@@ -383,16 +387,44 @@ def _apply_first_last_bits(ordered, plan, config: QuantConfig, annotations) -> N
                                                after_type={"bits": config.first_last_bits})
 
 
-def _single_consumer(op, consumers):
+def _explain_shared(op, decision: _Decision) -> None:
+    """Says how a layer applied at several call sites was planned."""
+    rule = rule_for(op)
+    if not (rule.kind in ("weighted", "activation")
+            or isinstance(op, keras.layers.BatchNormalization)):
+        return
+    n = _num_nodes(op)
+    if decision.batchnorm is not None or decision.fused_activation is not None or decision.fused:
+        note = f"applied {n} times (shared), folded and fused the same way at every call"
+    else:
+        note = (f"applied {n} times (shared): folding a BatchNormalization or fusing an "
+                "activation needs that layer applied to this one's output at every call, "
+                "and to nothing else")
+    decision.reason = f"{decision.reason}; {note}" if decision.reason else note
+
+
+def _sole_consumer(op, consumers):
+    """The one layer that reads ``op``'s output at every call of ``op``, and reads nothing else.
+
+    For a layer applied once: its single consumer, if that is applied once too. For a shared
+    layer (a block called N times): the layer applied to each of its N outputs, N times, so
+    that folding or fusing the pair is the same at every call site.
+    """
     found = consumers.get(id(op), [])
-    return found[0] if len(found) == 1 else None
+    n = _num_nodes(op)
+    if not found or len(found) != n or any(c is not found[0] for c in found):
+        return None
+    consumer = found[0]
+    if _num_nodes(consumer) != n or len(_producers(consumer)) != 1:
+        return None
+    return consumer
 
 
 def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
-    bn = _single_consumer(op, consumers)
+    bn = _sole_consumer(op, consumers)
     # Only a linear layer can absorb a BN: BN(act(conv)) != act(BN(conv)).
     if not (isinstance(bn, keras.layers.BatchNormalization) and decision.spec.fold_bn
-            and rule_for(op).foldable and _num_nodes(bn) == 1
+            and rule_for(op).foldable
             and activation_name(getattr(op, "activation", None)) == "linear"
             and plan[id(bn)].action in ("quantize", "float")
             and plan[id(bn)].reason != "skipped by config"):
@@ -410,10 +442,10 @@ def _try_fold(op, decision: _Decision, consumers, plan) -> Any:
 def _try_fuse(op, tail, decision: _Decision, consumers, plan) -> None:
     if not rule_for(op).fuses_activation:
         return
-    act = _single_consumer(tail, consumers)
+    act = _sole_consumer(tail, consumers)
     if act is None or rule_for(act) is None or rule_for(act).kind != "activation":
         return
-    if activation_name(act) not in FUSABLE_ACTIVATIONS or _num_nodes(act) != 1:
+    if activation_name(act) not in FUSABLE_ACTIVATIONS:
         return
     act_decision = plan[id(act)]
     if act_decision.action != "quantize":
