@@ -31,7 +31,7 @@ Usage::
     .venv/bin/python benchmarks/lsq_w4a4_tflite.py --dataset mnist --float-epochs 15 \
         --float-cache /tmp/mnist_float.keras
 
-Writes ``benchmarks/results/lsq_w4a4_tflite_<dataset>[_padded].json``.
+Writes ``benchmarks/results/lsq_w4a4_tflite_<dataset>[_padded][_<tag>].json``.
 """
 
 from __future__ import annotations
@@ -141,7 +141,12 @@ def _qat(args, model, seed, x_train, y_train, x_test, y_test):
     if args.bn_freeze_step is not None:
         config.global_spec = dataclasses.replace(config.global_spec,
                                                  bn_freeze_step=args.bn_freeze_step)
-    qmodel = tfquant.quantize_model(model, config=config)
+    if args.init == "adaround":
+        qmodel = tfquant.ptq(model, x_train[:args.calibration_samples], config=config,
+                             methods=("adaround",), observer="mse", weight_observer="mse",
+                             iterations=args.adaround_iterations, verbose=0)
+    else:
+        qmodel = tfquant.quantize_model(model, config=config)
     if args.init == "mse":
         tfquant.calibrate(qmodel, x_train[:args.calibration_samples], observer="mse",
                           weight_observer="mse", verbose=0)
@@ -167,9 +172,11 @@ def main(argv=None) -> dict:
     p.add_argument("--qat-batch-size", type=int, default=32)
     p.add_argument("--lr-schedule", default="cosine", choices=("constant", "cosine"),
                    help="QAT learning rate: constant, or cosine decay to 0 over the QAT steps")
-    p.add_argument("--init", default="mse", choices=("first_batch", "mse"),
-                   help="ranges before QAT: LSQ's first-batch rule, or tfquant.calibrate "
-                        "(MSE observer for weights and activations)")
+    p.add_argument("--adaround-iterations", type=int, default=1000)
+    p.add_argument("--init", default="mse", choices=("first_batch", "mse", "adaround"),
+                   help="ranges before QAT: LSQ's first-batch rule, tfquant.calibrate (MSE "
+                        "observer for weights and activations), or tfquant.ptq with AdaRound "
+                        "(BN folded, MSE ranges, --adaround-iterations)")
     p.add_argument("--calibration-samples", type=int, default=512)
     p.add_argument("--bn-freeze-step", type=int, default=0,
                    help="folded BNs use their moving statistics from this QAT step on "
@@ -178,6 +185,7 @@ def main(argv=None) -> dict:
                    help="one QAT run per seed (same float model)")
     p.add_argument("--container", default="fine", choices=("fine", "padded"))
     p.add_argument("--float-cache", default=None, help="load/save the float model here")
+    p.add_argument("--tag", default="", help="appended to the results file name")
     args = p.parse_args(argv)
     if args.bn_freeze_step < 0:
         args.bn_freeze_step = None
@@ -233,7 +241,8 @@ def main(argv=None) -> dict:
               "runs": runs, "per_layer_reference": per_layer,
               "per_layer_reference_seed": args.seeds[0]}
     result["wall_s"] = round(time.perf_counter() - t0, 1)
-    suffix = "" if args.container == "fine" else f"_{args.container}"
+    suffix = ("" if args.container == "fine" else f"_{args.container}") + (
+        f"_{args.tag}" if args.tag else "")
     write_results(f"lsq_w4a4_tflite_{args.dataset}{suffix}", result)
     for key, value in result.items():
         if key not in ("per_layer_reference", "runs"):
