@@ -142,6 +142,8 @@ def test_transposed_conv_with_relu_and_upsampling_export_to_int8(head):
     ops = _op_names(flatbuffer)
     assert {"TRANSPOSE_CONV", "RESIZE_NEAREST_NEIGHBOR"} <= ops and "TILE" not in ops
     _assert_matches_keras(qmodel, flatbuffer, x)
+    # the integer simulator runs TRANSPOSE_CONV bit-exact with the reference kernels
+    assert tfquant.verify(qmodel, flatbuffer, x).bit_exact_fraction == 1.0
 
 
 def test_upsampling_matches_keras_repeat_and_round_trips(tmp_path):

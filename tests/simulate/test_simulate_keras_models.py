@@ -19,7 +19,7 @@ REQUIRED_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB",
                 "CONCATENATION", "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN", "RESHAPE", "PAD",
                 "PADV2", "LOGISTIC", "TANH", "SOFTMAX", "HARD_SWISH", "LEAKY_RELU", "QUANTIZE",
                 "DEQUANTIZE", "RELU", "RELU6", "TRANSPOSE", "STRIDED_SLICE", "SPLIT", "SPLIT_V",
-                "RESIZE_NEAREST_NEIGHBOR"}
+                "RESIZE_NEAREST_NEIGHBOR", "TRANSPOSE_CONV"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,6 +85,15 @@ def misc_model() -> keras.Model:
     return keras.Model(inp, L.Dense(7)(out))
 
 
+def transpose_conv_model() -> keras.Model:
+    """Conv2DTranspose: SAME and VALID, strides 1 and 2, non-square, with and without bias."""
+    inp = keras.Input((6, 6, 3), batch_size=1)
+    x = L.Conv2DTranspose(5, 3, strides=2, padding="same")(inp)
+    x = L.Conv2DTranspose(4, 3, strides=2, padding="valid", use_bias=False)(x)
+    x = L.Conv2DTranspose(6, 2, strides=1, padding="same", activation="relu")(x)
+    return keras.Model(inp, L.Conv2DTranspose(3, (3, 2), strides=(1, 2), padding="same")(x))
+
+
 def wide_dense_model() -> keras.Model:
     """Dense layers whose int8 sums exceed 2^24: the simulator splits the float reduction."""
     inp = keras.Input((1100,), batch_size=1)
@@ -117,7 +126,8 @@ def models() -> dict[str, bytes]:
     elementwise = elementwise_model()
     return {"conv": convert(conv_model()), "elementwise": convert(elementwise),
             "elementwise_float_io": convert(elementwise, float_io=True),
-            "misc": convert(misc_model()), "wide_dense": convert(wide_dense_model())}
+            "misc": convert(misc_model()), "wide_dense": convert(wide_dense_model()),
+            "transpose_conv": convert(transpose_conv_model())}
 
 
 def inputs_for(sim: IntegerModel, seed: int) -> np.ndarray:
@@ -183,7 +193,7 @@ def runs(models) -> Runs:
 # tests
 # ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["conv", "elementwise", "elementwise_float_io", "misc",
-                                  "wide_dense"])
+                                  "wide_dense", "transpose_conv"])
 def test_every_tensor_bit_exact_with_reference_kernels(runs, name, record_property):
     sim = runs.sim(name)
     _, got, want = runs.result(name)
@@ -202,7 +212,7 @@ def test_every_tensor_bit_exact_with_reference_kernels(runs, name, record_proper
 
 
 @pytest.mark.parametrize("name", ["conv", "elementwise", "elementwise_float_io", "misc",
-                                  "wide_dense"])
+                                  "wide_dense", "transpose_conv"])
 def test_eager_execution_is_bit_exact_with_reference_kernels(runs, name):
     """``jit_compile=False`` (TF's own kernels, op by op) gives every tensor of the reference."""
     x, _, want = runs.result(name)

@@ -218,6 +218,30 @@ def depthwise_conv_2d(op: Op, inputs: list) -> list:
                         p["act_max"], bound=bound, bias=bias)]
 
 
+@register("TRANSPOSE_CONV")
+def transpose_conv(op: Op, inputs: list) -> list:
+    """Per-channel int8 transposed convolution (TFLite's reference ``TransposeConv``).
+
+    TFLite scatters ``(x - zp_in) * w`` of every input pixel into the output window at
+    ``in * stride - pad`` (pad from the output size, as TF's conv2d gradient places it), adds
+    the bias and requantises per channel. Here ``tf.nn.conv2d_transpose`` computes the same
+    sums, in float32 when every output's sum of |products| stays within 2^24 (then exact in any
+    order), else in float64.
+    """
+    p = op.params
+    x = inputs[0]
+    filt = np.asarray(p["filter"], np.int64)             # [O, KH, KW, I]
+    bound = np.abs(filt).sum(axis=(1, 2, 3)) * _input_range(p["input_zp"])
+    dtype = tf.float32 if int(bound.max()) <= FLOAT32_EXACT else tf.float64
+    x_f = tf.cast(x, dtype) - tf.constant(p["input_zp"], dtype)
+    out_shape = tf.stack([tf.shape(x)[0], *p["output_hw"], filt.shape[0]])
+    acc = tf.nn.conv2d_transpose(x_f, tf.constant(np.transpose(filt, (1, 2, 0, 3)), dtype),
+                                 out_shape, strides=(1, *p["strides"], 1),
+                                 padding=p["padding"])
+    return [_requantize(acc, p["multiplier"], p["shift"], p["output_zp"], p["act_min"],
+                        p["act_max"], bound=bound, bias=p.get("bias"))]
+
+
 @register("FULLY_CONNECTED")
 def fully_connected(op: Op, inputs: list) -> list:
     """int8 FullyConnected, requantised with fixed-point multipliers or in double."""

@@ -117,6 +117,24 @@ def _depthwise_conv_2d(r: Any, name: str, op: Any, inputs: list, outputs: list) 
         "padding": _PADDING[o.padding]})
 
 
+@_handles("TRANSPOSE_CONV")
+def _transpose_conv(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    # inputs: output shape, filter [O, KH, KW, I], input, optional bias
+    x, y = inputs[2], outputs[0]
+    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
+    filt = _filter(r, inputs[1], 0)
+    scales, _, _ = r.qparams(inputs[1])
+    channels = filt.shape[0]
+    m, e = B.conv_multipliers(s_in, scales, s_out, channels)
+    o = op.builtinOptions
+    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    return Op("TRANSPOSE_CONV", (r.operand(x),), (y,), {
+        "filter": filt, "bias": _bias(r, [inputs[2], inputs[1], *inputs[3:4]], channels),
+        "multiplier": m, "shift": e, "input_zp": zp_in, "output_zp": zp_out,
+        "act_min": act_min, "act_max": act_max, "output_hw": tuple(r.shape(y)[1:3]),
+        "strides": (int(o.strideH), int(o.strideW)), "padding": _PADDING[o.padding]})
+
+
 @_handles("FULLY_CONNECTED")
 def _fully_connected(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]

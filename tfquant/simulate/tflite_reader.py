@@ -111,6 +111,10 @@ def parse_model(buf: bytes) -> Any:
     return model
 
 
+#: The input slot that holds an op's target shape (computed by int32 ops under a dynamic batch).
+_SHAPE_OPERAND = {"RESHAPE": 1, "TRANSPOSE_CONV": 0}
+
+
 class _Reader:
     def __init__(self, buf: bytes, fc_requantize: str):
         self.buf = buf
@@ -247,11 +251,12 @@ class _Reader:
             "tfquant.export.tflite(qmodel, mode='int8') from a quantized model.")
 
     def shape_only_ops(self, names: list[str]) -> set[int]:
-        """Positions of ops that only compute the ``shape`` operand of RESHAPE ops.
+        """Positions of ops that only compute the shape operand of RESHAPE or TRANSPOSE_CONV.
 
-        A Flatten/Reshape with a dynamic batch is converted to SHAPE -> STRIDED_SLICE -> PACK ->
-        RESHAPE. The simulator takes each reshape's target from its static output shape (batch
-        free), so this int32 shape arithmetic is not needed and is left out.
+        A Flatten/Reshape or a Conv2DTranspose with a dynamic batch is converted to SHAPE ->
+        STRIDED_SLICE -> PACK -> RESHAPE (TRANSPOSE_CONV's ``output_shape``). The simulator
+        takes the target from the op's static output shape (batch free), so this int32 shape
+        arithmetic is not needed and is left out.
         """
         operators = list(self.subgraph.operators or [])
         uses: dict[int, list[tuple[int, int]]] = {}
@@ -268,7 +273,7 @@ class _Reader:
                                   or self.type_name(t) not in ("INT32", "INT64")
                                   for t in outputs):
                 continue
-            if all(uses.get(t) and all((names[p] == "RESHAPE" and slot == 1) or p in skipped
+            if all(uses.get(t) and all(_SHAPE_OPERAND.get(names[p]) == slot or p in skipped
                                        for p, slot in uses[t]) for t in outputs):
                 skipped.add(position)
         return skipped
