@@ -79,60 +79,57 @@ def _filter(r: Any, index: int, channels_axis: int, symmetric: bool = True) -> n
     return filt
 
 
-@_handles("CONV_2D")
-def _conv_2d(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
-    x, y = inputs[0], outputs[0]
+def _conv_params(r: Any, op: Any, x: int, y: int, filter_index: int, channels_axis: int,
+                 bias_index: int | None) -> dict[str, Any]:
+    """The parameters every per-channel convolution shares: int8 filter, bias, multipliers, zero
+    points, activation clamp, strides and padding."""
     s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    filt = _filter(r, inputs[1], 0)
-    scales, _, _ = r.qparams(inputs[1])
-    channels = filt.shape[0]
+    filt = _filter(r, filter_index, channels_axis)
+    scales, _, _ = r.qparams(filter_index)
+    channels = filt.shape[channels_axis]
     m, e = B.conv_multipliers(s_in, scales, s_out, channels)
     o = op.builtinOptions
     act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
-    return Op("CONV_2D", (r.operand(x),), (y,), {
-        "filter": filt, "bias": _bias(r, inputs, channels), "multiplier": m, "shift": e,
-        "input_zp": zp_in, "output_zp": zp_out, "act_min": act_min, "act_max": act_max,
-        "strides": (int(o.strideH), int(o.strideW)),
-        "dilations": (int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)),
-        "padding": _PADDING[o.padding]})
+    bias = None if bias_index is None else _bias(r, [x, filter_index, bias_index], channels)
+    return {"filter": filt, "bias": bias, "multiplier": m, "shift": e, "input_zp": zp_in,
+            "output_zp": zp_out, "act_min": act_min, "act_max": act_max,
+            "strides": (int(o.strideH), int(o.strideW)), "padding": _PADDING[o.padding]}
+
+
+def _dilations(op: Any) -> tuple[int, int]:
+    o = op.builtinOptions
+    return int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)
+
+
+def _optional(inputs: list, index: int) -> int | None:
+    return inputs[index] if len(inputs) > index else None
+
+
+@_handles("CONV_2D")
+def _conv_2d(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
+    x, y = inputs[0], outputs[0]
+    params = _conv_params(r, op, x, y, inputs[1], 0, _optional(inputs, 2))
+    return Op("CONV_2D", (r.operand(x),), (y,), {**params, "dilations": _dilations(op)})
 
 
 @_handles("DEPTHWISE_CONV_2D")
 def _depthwise_conv_2d(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
     x, y = inputs[0], outputs[0]
-    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    filt = _filter(r, inputs[1], 3)
-    scales, _, _ = r.qparams(inputs[1])
-    channels = filt.shape[3]
-    m, e = B.conv_multipliers(s_in, scales, s_out, channels)
-    o = op.builtinOptions
-    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
-    in_channels = r.shape(x)[-1]
+    params = _conv_params(r, op, x, y, inputs[1], 3, _optional(inputs, 2))
+    channels = params["filter"].shape[3]
     return Op("DEPTHWISE_CONV_2D", (r.operand(x),), (y,), {
-        "filter": filt, "bias": _bias(r, inputs, channels), "multiplier": m, "shift": e,
-        "depth_multiplier": channels // max(in_channels, 1),
-        "input_zp": zp_in, "output_zp": zp_out, "act_min": act_min, "act_max": act_max,
-        "strides": (int(o.strideH), int(o.strideW)),
-        "dilations": (int(o.dilationHFactor or 1), int(o.dilationWFactor or 1)),
-        "padding": _PADDING[o.padding]})
+        **params, "depth_multiplier": channels // max(r.shape(x)[-1], 1),
+        "dilations": _dilations(op)})
 
 
 @_handles("TRANSPOSE_CONV")
 def _transpose_conv(r: Any, name: str, op: Any, inputs: list, outputs: list) -> Op:
-    # inputs: output shape, filter [O, KH, KW, I], input, optional bias
+    # inputs: output shape (taken from the output's static shape), filter [O, KH, KW, I],
+    # input, optional bias
     x, y = inputs[2], outputs[0]
-    s_in, zp_in, s_out, zp_out = _int8_io(r, x, y)
-    filt = _filter(r, inputs[1], 0)
-    scales, _, _ = r.qparams(inputs[1])
-    channels = filt.shape[0]
-    m, e = B.conv_multipliers(s_in, scales, s_out, channels)
-    o = op.builtinOptions
-    act_min, act_max = B.activation_range(r.activation(o), s_out, zp_out)
+    params = _conv_params(r, op, x, y, inputs[1], 0, _optional(inputs, 3))
     return Op("TRANSPOSE_CONV", (r.operand(x),), (y,), {
-        "filter": filt, "bias": _bias(r, [inputs[2], inputs[1], *inputs[3:4]], channels),
-        "multiplier": m, "shift": e, "input_zp": zp_in, "output_zp": zp_out,
-        "act_min": act_min, "act_max": act_max, "output_hw": tuple(r.shape(y)[1:3]),
-        "strides": (int(o.strideH), int(o.strideW)), "padding": _PADDING[o.padding]})
+        **params, "output_hw": tuple(r.shape(y)[1:3])})
 
 
 @_handles("FULLY_CONNECTED")
