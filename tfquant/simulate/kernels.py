@@ -301,27 +301,22 @@ def _add_sub(op: Op, inputs: list, sign: int) -> list:
     pairs = [(np.asarray(p["input_multiplier"][i], np.int64),
               np.asarray(p["input_shift"][i], np.int64)) for i in range(2)]
     modes = [P.double_requantize_mode(ranges[i], *pairs[i], k=k) for i in range(2)]
-    if all(mode is not None for mode in modes):
-        scaled, bound = [], 0
-        for i in range(2):
+    scaled, bound = [], 0
+    for i in range(2):
+        if modes[i] is not None:
             v = tf.cast(inputs[i], tf.float64) - float(p["input_zp"][i])
             scaled.append(P.multiply_by_quantized_multiplier_double(v, *pairs[i], k=k,
                                                                     mode=modes[i]))
-            extremes = np.array([ranges[i], -ranges[i]], np.int64) << k
-            bound += int(np.abs(P.multiply_by_quantized_multiplier(extremes, *pairs[i])).max())
-        if bound < (1 << 31):                            # the int32 sum cannot wrap
-            raw = scaled[0] + scaled[1] if sign > 0 else scaled[0] - scaled[1]
-            return [_requantize(raw, p["output_multiplier"], p["output_shift"], p["output_zp"],
-                                p["act_min"], p["act_max"], bound=bound)]
-    scaled = []
-    for i in range(2):
-        v = _i64(inputs[i]) - p["input_zp"][i]
-        if modes[i] is not None:
-            scaled.append(_i64(P.multiply_by_quantized_multiplier_double(
-                tf.cast(v, tf.float64), *pairs[i], k=k, mode=modes[i])))
         else:
+            v = _i64(inputs[i]) - p["input_zp"][i]
             scaled.append(P.multiply_by_quantized_multiplier(v * (1 << k), *pairs[i]))
-    raw = P.wrap_int32(scaled[0] + sign * scaled[1])
+        extremes = np.array([ranges[i], -ranges[i]], np.int64) << k
+        bound += int(np.abs(P.multiply_by_quantized_multiplier(extremes, *pairs[i])).max())
+    if None not in modes and bound < (1 << 31):          # exact doubles; the int32 sum cannot wrap
+        raw = scaled[0] + scaled[1] if sign > 0 else scaled[0] - scaled[1]
+        return [_requantize(raw, p["output_multiplier"], p["output_shift"], p["output_zp"],
+                            p["act_min"], p["act_max"], bound=bound)]
+    raw = P.wrap_int32(_i64(scaled[0]) + sign * _i64(scaled[1]))
     return [_requantize(raw, p["output_multiplier"], p["output_shift"], p["output_zp"],
                         p["act_min"], p["act_max"])]
 
